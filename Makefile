@@ -1,0 +1,49 @@
+# SAS Fleet — one entry point for every task. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# strict editable mode: the package-dir mapping stays visible to mypy
+	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create the virtual environment and install the project
+
+services: ## Make RabbitMQ (5672) and Redis (6379) reachable, starting them where missing
+	bash deploy/services.sh
+
+demo: $(STAMP) services ## The main job: 1,000+ jobs through all three services, an agent killed
+	$(BIN)/sasfleet demo
+
+test: $(STAMP) services ## Run every test (unit and integration) against real RabbitMQ and Redis
+	$(BIN)/pytest
+
+test-unit: $(STAMP) ## Only the fast unit tests
+	$(BIN)/pytest -m unit
+
+lint: $(STAMP) ## ruff and mypy (strict)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP) ## Apply ruff's formatting and fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP) services ## Benchmark: N one-step echo jobs through the real services
+	$(BIN)/sasfleet bench
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+.PHONY: help venv services demo test test-unit lint format bench clean

@@ -1,0 +1,65 @@
+"""Agent wiring and lifecycle: connect, consume the pool's queue, heartbeat, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sasfleet.agent.heartbeat import Heartbeat
+from sasfleet.agent.registry import Registry
+from sasfleet.agent.runner import Runner
+from sasfleet.shared.amqp.fleet import FleetChannel
+from sasfleet.shared.config import Settings
+from sasfleet.shared.ids import instance_id
+from sasfleet.shared.runtime import every, mark_ready, retry_until_up
+from sasfleet.shared.state.agents import AgentRegistry
+from sasfleet.shared.state.store import StateStore, connect_redis
+
+log = logging.getLogger(__name__)
+
+
+class AgentService:
+    """Runs the handlers of ``registry`` for the steps of one pool."""
+
+    def __init__(self, settings: Settings, registry: Registry, pool: str, concurrency: int,
+                 grace_s: float = 30.0) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.pool = pool
+        self.concurrency = concurrency
+        self.grace_s = grace_s
+        self.instance = instance_id(f"agent-{pool}")
+
+    async def run(self, stop: asyncio.Event, ready_file: str | None = None) -> None:
+        s = self.settings
+        redis = connect_redis(s.redis_url.get_secret_value())
+        await retry_until_up("redis", stop, redis.ping)
+        store = StateStore(redis, s.prefix)
+        agents = AgentRegistry(redis, s.prefix)
+        fleet = FleetChannel(s.amqp_url.get_secret_value(), s.prefix, self.instance)
+        await retry_until_up("rabbitmq", stop, lambda: fleet.open(self.concurrency))
+        runner = Runner(s, self.registry, store, fleet, self.concurrency)
+        heartbeat = Heartbeat(runner, agents, self.pool, self.concurrency,
+                              min(s.heartbeat_s, s.lease_s / 3))
+        beating = asyncio.create_task(every(heartbeat.interval_s, stop, heartbeat.beat))
+        try:
+            await heartbeat.beat()
+            consumer = await fleet.consumer(fleet.names.pool(self.pool), runner.handle)
+            log.info("agent %s consuming %s with %d slots (tasks: %s)", self.instance,
+                     fleet.names.pool(self.pool), self.concurrency,
+                     ", ".join(sorted(self.registry.tasks)))
+            mark_ready(ready_file)
+            await stop.wait()
+            log.info("agent %s draining %d running steps", self.instance, len(runner.running))
+            await consumer.stop(grace_s=0)
+            running = [r.task for r in runner.running.values() if r.task is not None]
+            if running:
+                _, late = await asyncio.wait(running, timeout=self.grace_s)
+                for task in late:  # their leases expire and the supervisor retries them
+                    task.cancel()
+        finally:
+            beating.cancel()
+            await agents.leave(self.instance)
+            await fleet.close()
+            await redis.aclose()
+            runner.executor.shutdown(wait=False, cancel_futures=True)

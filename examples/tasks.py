@@ -1,0 +1,104 @@
+"""Example task handlers, used by the demo, the benchmark and the tests.
+
+Run them with ``sasfleet agent run examples.tasks`` from the repository root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import msgspec
+
+from sasfleet.agent import NonRetryableError, Registry, StepContext
+from sasfleet.shared.messages.submit import StepSpec
+
+tasks = Registry()
+
+
+@tasks.task()
+async def echo(payload: Any) -> Any:
+    """Returns its payload."""
+    return payload
+
+
+class SleepArgs(msgspec.Struct, frozen=True):
+    seconds: float
+
+
+@tasks.task()
+async def sleep(args: SleepArgs) -> dict[str, float]:
+    """Sleeps ``seconds`` (asynchronously) and says so."""
+    await asyncio.sleep(args.seconds)
+    return {"slept": args.seconds}
+
+
+@tasks.task()
+def blocking_sleep(args: SleepArgs) -> dict[str, float]:
+    """Sleeps ``seconds`` in a plain function (it runs in a worker thread)."""
+    time.sleep(args.seconds)
+    return {"slept": args.seconds}
+
+
+class FailArgs(msgspec.Struct, frozen=True):
+    message: str = "told to fail"
+    retryable: bool = True
+
+
+@tasks.task()
+async def fail(args: FailArgs) -> None:
+    """Always raises (non-retryable if asked)."""
+    if args.retryable:
+        raise RuntimeError(args.message)
+    raise NonRetryableError(args.message)
+
+
+class OrderArgs(msgspec.Struct, frozen=True):
+    """Payload of each step of the three-step order job."""
+
+    order_id: str
+    amount_cents: int = 1000
+    fail_rate: float = 0.0  # chance that an attempt fails (retryably)
+    work_s: float = 0.0
+
+
+def _maybe_fail(args: OrderArgs, what: str) -> None:
+    if args.fail_rate and random.random() < args.fail_rate:
+        raise RuntimeError(f"{what} failed for order {args.order_id} (simulated)")
+
+
+@tasks.task()
+async def reserve_stock(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
+    """Step 1: reserve the order's items."""
+    await asyncio.sleep(args.work_s)
+    _maybe_fail(args, "reserve_stock")
+    return {"reservation": f"res-{ctx.idempotency_key}", "order_id": args.order_id}
+
+
+@tasks.task()
+async def charge_card(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
+    """Step 2: charge the card (the idempotency key de-duplicates the charge)."""
+    await asyncio.sleep(args.work_s)
+    _maybe_fail(args, "charge_card")
+    return {"charge": f"ch-{ctx.idempotency_key}", "amount_cents": args.amount_cents,
+            "fencing_token": ctx.fencing_token}
+
+
+@tasks.task()
+async def ship(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
+    """Step 3: hand the order to the carrier."""
+    await asyncio.sleep(args.work_s)
+    _maybe_fail(args, "ship")
+    return {"shipment": f"sh-{ctx.idempotency_key}", "order_id": args.order_id}
+
+
+ORDER_STEPS = ("reserve_stock", "charge_card", "ship")
+
+
+def order_job(order_id: str, *, fail_rate: float = 0.0, work_s: float = 0.0,
+              max_attempts: int | None = None) -> list[StepSpec]:
+    """The steps of a three-step order job."""
+    payload = {"order_id": order_id, "fail_rate": fail_rate, "work_s": work_s}
+    return [StepSpec(task=t, payload=payload, max_attempts=max_attempts) for t in ORDER_STEPS]

@@ -1,0 +1,1 @@
+"""The scheduler: accepts jobs, dispatches steps to agent pools, advances jobs."""

@@ -1,0 +1,140 @@
+"""Accepting submissions: validate, de-duplicate, record, dispatch the first step."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage
+
+from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Outcome
+from sasfleet.shared.amqp.fleet import TRACEPARENT, FleetChannel
+from sasfleet.shared.config import Settings
+from sasfleet.shared.ids import is_valid_job_id, job_id_for_key, new_job_id
+from sasfleet.scheduler.progress import job_finished
+from sasfleet.shared.messages.codec import any_decoder, encode, submit_decoder
+from sasfleet.shared.messages.events import ErrorInfo, JobFinished
+from sasfleet.shared.messages.submit import SubmitJob
+from sasfleet.shared.state.store import NewJob, NewStep, StateStore
+from sasfleet.shared.statemachine import StepStatus
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    """Handles deliveries from ``<prefix>.submit``."""
+
+    def __init__(self, settings: Settings, store: StateStore, fleet: FleetChannel) -> None:
+        self.settings = settings
+        self.store = store
+        self.fleet = fleet
+        self.accepted = 0
+
+    async def handle(self, message: AbstractIncomingMessage) -> Outcome:
+        body = message.body
+        if len(body) > self.settings.max_payload_bytes:
+            return await self._reject(
+                message, f"message of {len(body)} bytes exceeds the payload limit of "
+                f"{self.settings.max_payload_bytes} bytes", parse=False)
+        try:
+            submit = submit_decoder.decode(body)
+            steps = submit.step_specs()
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            return await self._reject(message, f"invalid submission: {exc}")
+        if submit.job_id is None and message.message_id and not is_valid_job_id(
+            message.message_id
+        ):
+            return await self._reject(message, "message_id is not a valid job id", parse=False)
+
+        job_id = self._job_id(submit, message)
+        if submit.idempotency_key:
+            job_id = await self.store.reserve_idempotency_key(
+                submit.idempotency_key, job_id, self.settings.job_ttl_s
+            )
+        s = self.settings
+        job = NewJob(
+            job_id=job_id,
+            steps=[
+                NewStep(
+                    task=spec.task,
+                    pool=spec.pool or s.default_pool,
+                    payload=encode(spec.payload),
+                    max_attempts=spec.max_attempts or s.max_attempts,
+                    timeout_ms=int((spec.timeout_s or s.step_timeout_s) * 1000),
+                )
+                for spec in steps
+            ],
+            idempotency_key=submit.idempotency_key or "",
+            reply_to=message.reply_to or "",
+            correlation_id=message.correlation_id or "",
+            traceparent=_header(message, TRACEPARENT),
+        )
+        created = await self.store.create_job(
+            job, self.fleet.by, int(s.dispatch_timeout_s * 1000)
+        )
+        if created.created:
+            self.accepted += 1
+            await self.fleet.dispatch(created.order, job.traceparent)
+        elif created.step_status == StepStatus.DISPATCHED and created.order.attempt == 1:
+            # A redelivered or repeated submission: the first dispatch may never have been
+            # published. Publishing it again is safe: only one delivery can claim the lease.
+            await self.fleet.dispatch(created.order, job.traceparent)
+        else:
+            log.info("duplicate submission of job %s (%s)", job_id, created.job_status,
+                     extra={"job_id": job_id})
+            await self._reply_if_finished(job_id, message)
+        return Ack()
+
+    def _job_id(self, submit: SubmitJob, message: AbstractIncomingMessage) -> str:
+        if submit.job_id:
+            return submit.job_id
+        if message.message_id:
+            return message.message_id
+        if submit.idempotency_key:
+            return job_id_for_key(submit.idempotency_key)
+        return new_job_id()
+
+    async def _reply_if_finished(self, job_id: str, message: AbstractIncomingMessage) -> None:
+        if message.reply_to:
+            finished = await self.store.finished(job_id)
+            if finished is not None:
+                await self.fleet.reply(message.reply_to, message.correlation_id or "",
+                                       job_finished(job_id, finished))
+
+    async def _reject(self, message: AbstractIncomingMessage, reason: str, *,
+                      parse: bool = True) -> Outcome:
+        """Dead-letter a submission; when it names a job, that job is recorded FAILED."""
+        job_id = _named_job_id(message, parse)
+        error = ErrorInfo(type="InvalidSubmission", message=reason, retryable=False)
+        if job_id is not None:
+            await self.store.fail_submission(
+                job_id, error, self.fleet.by, message.reply_to or "",
+                message.correlation_id or "", self.settings.job_ttl_s,
+            )
+        if message.reply_to:
+            await self.fleet.reply(message.reply_to, message.correlation_id or "", JobFinished(
+                job_id=job_id or "", status="failed", error=error))
+        return DeadLetter(reason)
+
+
+def _named_job_id(message: AbstractIncomingMessage, parse: bool) -> str | None:
+    if parse:
+        try:
+            doc: Any = any_decoder.decode(message.body)
+        except msgspec.DecodeError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("job_id"), str) and is_valid_job_id(
+            doc["job_id"]
+        ):
+            return str(doc["job_id"])
+    if message.message_id and is_valid_job_id(message.message_id):
+        return message.message_id
+    return None
+
+
+def _header(message: AbstractIncomingMessage, name: str) -> str:
+    value = (message.headers or {}).get(name)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""

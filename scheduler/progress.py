@@ -1,0 +1,69 @@
+"""Advancing jobs when a step's outcome is recorded: next step, retry timer, or the end."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage
+
+from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Outcome
+from sasfleet.shared.amqp.fleet import FleetChannel
+from sasfleet.shared.config import Settings
+from sasfleet.shared.messages.codec import any_decoder, error_decoder, event_decoder
+from sasfleet.shared.messages.events import JobFinished
+from sasfleet.shared.state.store import DispatchOrder, Finished, StateStore
+from sasfleet.shared.statemachine import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+def job_finished(job_id: str, finished: Finished) -> JobFinished:
+    """The reply message for a job that ended."""
+    return JobFinished(
+        job_id=job_id,
+        status=finished.status,
+        result=any_decoder.decode(finished.result) if finished.result else None,
+        error=error_decoder.decode(finished.error) if finished.error else None,
+    )
+
+
+class Progress:
+    """Handles deliveries from ``<prefix>.events``."""
+
+    def __init__(self, settings: Settings, store: StateStore, fleet: FleetChannel) -> None:
+        self.settings = settings
+        self.store = store
+        self.fleet = fleet
+        self.retry = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            initial_ms=int(settings.retry_initial_s * 1000),
+            coefficient=settings.retry_backoff,
+            max_ms=int(settings.retry_max_s * 1000),
+        )
+        self.finished = 0
+
+    async def handle(self, message: AbstractIncomingMessage) -> Outcome:
+        try:
+            event = event_decoder.decode(message.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return DeadLetter(f"invalid step event: {exc}")
+        if event.step < 0 or event.attempt < 1:
+            return DeadLetter("invalid step event: negative step or attempt below 1")
+        s = self.settings
+        outcome = await self.store.advance(
+            event.job_id, event.step, event.lease, self.fleet.by,
+            retry_delay_ms=self.retry.delay_ms(event.attempt),
+            dispatch_timeout_ms=int(s.dispatch_timeout_s * 1000),
+            ttl_s=s.job_ttl_s,
+        )
+        if isinstance(outcome, DispatchOrder):
+            await self.fleet.dispatch(outcome)
+        elif isinstance(outcome, Finished):
+            self.finished += 1
+            await self.fleet.reply(outcome.reply_to, outcome.correlation_id,
+                                   job_finished(event.job_id, outcome))
+        elif outcome is None:
+            log.debug("stale or duplicate event for %s step %d", event.job_id, event.step,
+                      extra={"job_id": event.job_id, "step": event.step})
+        return Ack()

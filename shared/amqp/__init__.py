@@ -1,0 +1,1 @@
+"""The RabbitMQ adapter: topology, confirmed publishing, and ack-after-record consuming."""

@@ -1,0 +1,136 @@
+"""Decode -> handle -> ack after record. Ack, requeue and dead-letter are decided here only.
+
+A handler returns a typed outcome; it never acks itself. A dead-letter is a confirmed
+publish of the original body to the dead-letter exchange with the reason in its headers,
+then an ack (RabbitMQ's own reject cannot carry a reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from sasfleet.shared.amqp.publisher import Publisher
+from sasfleet.shared.amqp.topology import BY_HEADER, QUEUE_HEADER, REASON_HEADER, Names
+from sasfleet.shared.errors import BadMessage, PublishFailed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The message's effect is recorded: remove it from the queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """The message can never be processed: park it in the dead-letter queue with a reason."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """A dependency failed (e.g. Redis is down): deliver the message again later."""
+
+    reason: str
+
+
+Outcome = Ack | DeadLetter | Requeue
+Handler = Callable[[AbstractIncomingMessage], Awaitable[Outcome]]
+
+REQUEUE_DELAY_S = 1.0
+
+
+class Consumer:
+    """Runs ``handler`` for every delivery of one queue and settles each message once."""
+
+    def __init__(
+        self, queue: AbstractQueue, handler: Handler, publisher: Publisher, names: Names, by: str
+    ) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.publisher = publisher
+        self.names = names
+        self.by = by
+        self._tag: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.dead_lettered = 0
+
+    async def start(self) -> None:
+        self._tag = await self.queue.consume(self._on_message)
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop taking deliveries, then wait up to ``grace_s`` for those in hand."""
+        if self._tag is not None:
+            try:
+                await self.queue.cancel(self._tag)
+            except Exception as exc:  # the channel may already be gone
+                log.debug("cancel of %s failed: %s", self.queue.name, exc)
+            self._tag = None
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=grace_s)
+
+    @property
+    def busy(self) -> int:
+        return len(self._in_flight)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)  # type: ignore[arg-type]
+        try:
+            await self._settle(message, await self._outcome(message))
+        finally:
+            self._in_flight.discard(task)  # type: ignore[arg-type]
+
+    async def _outcome(self, message: AbstractIncomingMessage) -> Outcome:
+        try:
+            return await self.handler(message)
+        except BadMessage as exc:
+            return DeadLetter(str(exc))
+        except Exception as exc:
+            log.exception("handling a message from %s failed; it will be redelivered",
+                          self.queue.name)
+            return Requeue(f"{type(exc).__name__}: {exc}")
+
+    async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+        try:
+            if isinstance(outcome, Ack):
+                await message.ack()
+            elif isinstance(outcome, DeadLetter):
+                await self._dead_letter(message, outcome.reason)
+            else:
+                await asyncio.sleep(REQUEUE_DELAY_S)
+                await message.nack(requeue=True)
+        except Exception as exc:
+            # The channel closed under us: the broker redelivers the message, which is safe
+            # because every effect is recorded idempotently before an ack.
+            log.warning("could not settle a message from %s (%s); the broker will redeliver it",
+                        self.queue.name, exc)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        log.warning("dead-lettering a message from %s: %s", self.queue.name, reason,
+                    extra={"message_id": message.message_id})
+        headers = dict(message.headers or {})
+        headers.update({REASON_HEADER: reason[:1000], QUEUE_HEADER: self.queue.name,
+                        BY_HEADER: self.by})
+        try:
+            await self.publisher.publish(
+                message.body, self.names.dead, headers=headers,
+                message_id=message.message_id, correlation_id=message.correlation_id,
+                exchange=await self._dead_exchange(),
+            )
+        except PublishFailed:
+            log.exception("dead-letter publish failed; the message will be redelivered")
+            await message.nack(requeue=True)
+            return
+        self.dead_lettered += 1
+        await message.ack()
+
+    async def _dead_exchange(self):  # type: ignore[no-untyped-def]
+        return await self.publisher.channel.get_exchange(self.names.dead_exchange, ensure=False)

@@ -1,0 +1,187 @@
+"""The Python client: submit jobs, wait for them, read their state.
+
+    async with Client() as client:
+        job_id = await client.submit("echo", {"x": 1})
+        outcome = await client.wait(job_id, timeout=30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from sasfleet.shared.amqp.fleet import FleetChannel
+from sasfleet.shared.config import Settings, load_settings
+from sasfleet.shared.errors import JobTimeout
+from sasfleet.shared.ids import instance_id, job_id_for_key, new_job_id
+from sasfleet.shared.messages.codec import any_decoder, encode, error_decoder, job_finished_decoder
+from sasfleet.shared.messages.events import ErrorInfo
+from sasfleet.shared.messages.submit import StepSpec, SubmitJob
+from sasfleet.shared.state.reads import JobReader
+from sasfleet.shared.state.store import StateStore, connect_redis
+from sasfleet.shared.state.views import JobView
+from sasfleet.shared.statemachine import JOB_TERMINAL
+
+_POLL_S = 1.0
+_KEEP_FINISHED = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """The final state of a job."""
+
+    job_id: str
+    status: str
+    result: Any = None
+    error: ErrorInfo | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+class Client:
+    """Submits jobs over RabbitMQ (confirmed) and learns their end from a private reply
+    queue, falling back to reading Redis, so a lost reply never makes ``wait`` hang."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.by = instance_id("client")
+        self._fleet = FleetChannel(self.settings.amqp_url.get_secret_value(),
+                                   self.settings.prefix, self.by)
+        self._redis = connect_redis(self.settings.redis_url.get_secret_value())
+        self._store = StateStore(self._redis, self.settings.prefix)
+        self._reader = JobReader(self._redis, self.settings.prefix)
+        self._replies: AbstractQueue | None = None
+        self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
+        self._finished: OrderedDict[str, JobOutcome] = OrderedDict()
+        self._poller: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        await self._fleet.open(prefetch=1000)
+        assert self._fleet.channel is not None
+        self._replies = await self._fleet.channel.declare_queue(exclusive=True, auto_delete=True)
+        await self._replies.consume(self._on_reply, no_ack=True)
+        self._poller = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await self._fleet.close()
+        await self._redis.aclose()
+
+    async def submit(
+        self, task: str | None = None, payload: Any = None, *, steps: list[StepSpec] | None = None,
+        pool: str | None = None, job_id: str | None = None, idempotency_key: str | None = None,
+        max_attempts: int | None = None, timeout_s: float | None = None,
+    ) -> str:
+        """Submit a job (``task`` + ``payload``, or ``steps``); returns its id once the
+        broker confirmed the submission."""
+        return await self.submit_job(SubmitJob(
+            task=task, payload=payload, steps=steps, pool=pool, job_id=job_id,
+            idempotency_key=idempotency_key, max_attempts=max_attempts, timeout_s=timeout_s,
+        ))
+
+    async def submit_job(self, job: SubmitJob) -> str:
+        """Submit a prepared :class:`SubmitJob`; returns the job id."""
+        job.step_specs()  # fail fast on an invalid job, before it reaches the broker
+        job_id = job.job_id or (
+            job_id_for_key(job.idempotency_key) if job.idempotency_key else new_job_id()
+        )
+        if job.job_id is None:
+            job = msgspec.structs.replace(job, job_id=job_id)
+        assert self._fleet.publisher is not None and self._replies is not None
+        await self._fleet.publisher.publish(
+            encode(job), self._fleet.names.submit, message_id=job_id, correlation_id=job_id,
+            reply_to=self._replies.name,
+        )
+        return job_id
+
+    async def submit_many(self, jobs: Iterable[SubmitJob]) -> list[str]:
+        """Submit many jobs with their publisher confirms in flight together."""
+        return list(await asyncio.gather(*(self.submit_job(j) for j in jobs)))
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobOutcome:
+        """Wait until the job ends; raises :class:`JobTimeout` after ``timeout`` seconds."""
+        done = self._finished.pop(job_id, None) or await self._read_outcome(job_id)
+        if done is not None:
+            return done
+        future: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise JobTimeout(f"job {job_id} did not finish within {timeout} s") from exc
+        finally:
+            waiters = self._waiters.get(job_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(job_id, None)
+
+    async def get(self, job_id: str) -> JobView | None:
+        """The job's full document (status, steps, history), or None."""
+        return await self._reader.job(job_id)
+
+    def _resolve(self, outcome: JobOutcome) -> None:
+        waiters = self._waiters.pop(outcome.job_id, None)
+        if not waiters:
+            self._finished[outcome.job_id] = outcome
+            while len(self._finished) > _KEEP_FINISHED:
+                self._finished.popitem(last=False)
+            return
+        for future in waiters:
+            if not future.done():
+                future.set_result(outcome)
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        try:
+            finished = job_finished_decoder.decode(message.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        self._resolve(JobOutcome(message.correlation_id or finished.job_id, finished.status,
+                                 finished.result, finished.error))
+
+    async def _read_outcome(self, job_id: str) -> JobOutcome | None:
+        finished = await self._store.finished(job_id)
+        if finished is None:
+            return None
+        return JobOutcome(
+            job_id, finished.status,
+            any_decoder.decode(finished.result) if finished.result else None,
+            error_decoder.decode(finished.error) if finished.error else None,
+        )
+
+    async def _poll(self) -> None:
+        """The fallback: every second, read the state of the jobs still awaited."""
+        while True:
+            await asyncio.sleep(_POLL_S)
+            waiting = list(self._waiters)
+            if not waiting:
+                continue
+            with contextlib.suppress(Exception):
+                statuses = await self._reader.statuses(waiting)
+                for job_id, status in statuses.items():
+                    if status in JOB_TERMINAL:
+                        outcome = await self._read_outcome(job_id)
+                        if outcome is not None:
+                            self._resolve(outcome)
+

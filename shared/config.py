@@ -1,0 +1,92 @@
+"""Configuration: one settings object read from ``SASFLEET_*`` environment variables.
+
+Nothing reads the environment at import time: call :func:`load_settings` (the CLI does,
+then applies its flags on top with :meth:`Settings.model_copy`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SASFLEET_"
+
+
+class Settings(BaseSettings):
+    """Every knob of the fleet. Environment variable = ``SASFLEET_`` + upper-case name."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    amqp_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="RabbitMQ URL."
+    )
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL.")
+    prefix: str = Field(
+        "sasfleet", description="Prefix of every queue, exchange and Redis key of this fleet."
+    )
+    max_payload_bytes: int = Field(
+        1_048_576, gt=0, description="Largest accepted message body or result, in bytes."
+    )
+    default_pool: str = Field("default", description="Agent pool for steps that name none.")
+    max_attempts: int = Field(3, ge=1, description="Default attempts per step.")
+    step_timeout_s: float = Field(
+        300.0, gt=0, description="Default start-to-close timeout of one attempt, seconds."
+    )
+    dispatch_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a dispatched step may wait unclaimed before it is re-dispatched.",
+    )
+    lease_s: float = Field(
+        10.0, gt=0, description="Lease of a running step; the agent renews it every third of it."
+    )
+    retry_initial_s: float = Field(0.5, ge=0, description="First retry delay after a failure.")
+    retry_backoff: float = Field(2.0, ge=1, description="Retry delay multiplier per attempt.")
+    retry_max_s: float = Field(30.0, ge=0, description="Longest retry delay.")
+    advance_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a recorded outcome may wait for the scheduler before the "
+        "supervisor re-announces it.",
+    )
+    heartbeat_s: float = Field(2.0, gt=0, description="Agent heartbeat interval.")
+    supervisor_tick_s: float = Field(0.5, gt=0, description="Supervisor deadline scan interval.")
+    scan_batch: int = Field(200, gt=0, description="Overdue entries the supervisor takes a tick.")
+    scheduler_prefetch: int = Field(256, gt=0, description="Unacked messages per scheduler queue.")
+    job_ttl_s: int = Field(
+        7 * 24 * 3600, gt=0, description="How long finished jobs stay in Redis, seconds."
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_plain(cls, value: str) -> str:
+        if not value or any(c in value for c in "{}: \t\n"):
+            raise ValueError("prefix must be non-empty without braces, colons or spaces")
+        return value
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings with secrets masked, for logs and `config show`."""
+        return {
+            name: (mask_url(value.get_secret_value()) if isinstance(value, SecretStr) else value)
+            for name, value in self.model_dump().items()
+        }
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment now and apply explicit overrides (flags) on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

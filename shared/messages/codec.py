@@ -1,0 +1,22 @@
+"""Encoders and decoders, each built once."""
+
+from __future__ import annotations
+
+import msgspec
+
+from sasfleet.shared.messages.dispatch import StepDispatch
+from sasfleet.shared.messages.events import ErrorInfo, JobFinished, StepRecorded
+from sasfleet.shared.messages.submit import SubmitJob
+
+encoder = msgspec.json.Encoder()
+submit_decoder = msgspec.json.Decoder(SubmitJob)
+dispatch_decoder = msgspec.json.Decoder(StepDispatch)
+event_decoder = msgspec.json.Decoder(StepRecorded)
+job_finished_decoder = msgspec.json.Decoder(JobFinished)
+error_decoder = msgspec.json.Decoder(ErrorInfo)
+any_decoder = msgspec.json.Decoder()
+
+
+def encode(obj: object) -> bytes:
+    """JSON-encode any message or plain value."""
+    return encoder.encode(obj)

@@ -1,0 +1,28 @@
+"""The public JSON Schema of the submit contract, generated from the msgspec types."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from sasfleet.shared.messages.events import JobFinished
+from sasfleet.shared.messages.submit import SubmitJob
+
+
+def submit_schema() -> dict[str, Any]:
+    """JSON Schema of a submit message and of the reply sent to its ``reply_to``."""
+    (submit, reply), components = msgspec.json.schema_components([SubmitJob, JobFinished])
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "SAS Fleet submit message",
+        **submit,
+        "$defs": components,
+        "x-reply": reply,
+    }
+
+
+def submit_schema_json() -> str:
+    """The schema as stable, pretty JSON text (what the README embeds)."""
+    return json.dumps(submit_schema(), indent=2, sort_keys=True)

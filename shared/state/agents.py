@@ -1,0 +1,56 @@
+"""Agent liveness records: a heartbeat per agent, read by the CLI and the supervisor."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+import msgspec
+
+from sasfleet.shared.messages.codec import encode
+from sasfleet.shared.state.keys import Keys
+from sasfleet.shared.state.views import AgentView
+
+
+_agent_decoder = msgspec.json.Decoder(AgentView)
+
+
+class AgentRegistry:
+    """Writes and reads agent heartbeat records."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+
+    async def beat(self, agent: AgentView, ttl_s: int) -> None:
+        """Publish the agent's record and last beat (one round trip)."""
+        key = self.keys.agent(agent.agent_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, encode(agent), ex=ttl_s)
+            pipe.zadd(self.keys.agents, {agent.agent_id: agent.last_beat})
+            await pipe.execute()
+
+    async def leave(self, agent_id: str) -> None:
+        """Remove an agent that stopped cleanly."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.agent(agent_id))
+            pipe.zrem(self.keys.agents, agent_id)
+            await pipe.execute()
+
+    async def live(self) -> list[AgentView]:
+        """Agents whose record has not expired, most recent beat first.
+
+        Ids whose record expired (the agent died) are pruned from the index on the way.
+        """
+        ids = [str(i) for i in await self.redis.zrevrange(self.keys.agents, 0, -1)]
+        if not ids:
+            return []
+        raws = await self.redis.mget([self.keys.agent(i) for i in ids])
+        views, dead = [], []
+        for agent_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                dead.append(agent_id)
+            else:
+                views.append(_agent_decoder.decode(raw))
+        if dead:
+            await self.redis.zrem(self.keys.agents, *dead)
+        return views

@@ -1,0 +1,62 @@
+"""The only place that knows Redis key formats.
+
+All keys of one job share the hash tag ``{<job_id>}`` so every script that touches a job
+touches one Redis Cluster slot. Fleet-wide indexes (deadlines, jobs, agents) are plain keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one fleet prefix."""
+
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:{{{job_id}}}:job"
+
+    def step(self, job_id: str, index: int) -> str:
+        return f"{self.step_prefix(job_id)}{index}"
+
+    def step_prefix(self, job_id: str) -> str:
+        return f"{self.prefix}:{{{job_id}}}:step:"
+
+    def history(self, job_id: str) -> str:
+        return f"{self.prefix}:{{{job_id}}}:history"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    @property
+    def deadlines(self) -> str:
+        """Sorted set: member ``job_id|step``, score = when the step needs attention (ms)."""
+        return f"{self.prefix}:deadlines"
+
+    @property
+    def jobs(self) -> str:
+        """Sorted set of job ids by creation time (ms)."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def agents(self) -> str:
+        """Sorted set of agent ids by last heartbeat (ms)."""
+        return f"{self.prefix}:agents"
+
+    def agent(self, agent_id: str) -> str:
+        return f"{self.prefix}:agent:{agent_id}"
+
+    def pattern(self) -> str:
+        """Glob matching every key of this fleet (for test clean-up)."""
+        return f"{self.prefix}:*"
+
+
+def deadline_member(job_id: str, step: int) -> str:
+    return f"{job_id}|{step}"
+
+
+def parse_deadline_member(member: str) -> tuple[str, int]:
+    job_id, _, step = member.rpartition("|")
+    return job_id, int(step)

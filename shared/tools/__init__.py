@@ -1,0 +1,1 @@
+"""Operator tools built on the public API: the demo and the benchmark."""

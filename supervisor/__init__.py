@@ -1,0 +1,1 @@
+"""The supervisor: watches deadlines in Redis and recovers overdue steps."""

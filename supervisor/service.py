@@ -1,0 +1,40 @@
+"""Supervisor wiring and lifecycle: connect, scan deadlines every tick, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sasfleet.shared.amqp.fleet import FleetChannel
+from sasfleet.shared.config import Settings
+from sasfleet.shared.ids import instance_id
+from sasfleet.shared.runtime import every, mark_ready, retry_until_up
+from sasfleet.shared.state.store import StateStore, connect_redis
+from sasfleet.supervisor.recovery import Recovery
+from sasfleet.supervisor.scan import DeadlineScan
+
+log = logging.getLogger(__name__)
+
+
+class SupervisorService:
+    """Watches step deadlines and recovers overdue steps."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance = instance_id("supervisor")
+
+    async def run(self, stop: asyncio.Event, ready_file: str | None = None) -> None:
+        s = self.settings
+        redis = connect_redis(s.redis_url.get_secret_value())
+        await retry_until_up("redis", stop, redis.ping)
+        store = StateStore(redis, s.prefix)
+        fleet = FleetChannel(s.amqp_url.get_secret_value(), s.prefix, self.instance)
+        await retry_until_up("rabbitmq", stop, lambda: fleet.open(1))
+        try:
+            scan = DeadlineScan(store, Recovery(s, store, fleet), s.scan_batch)
+            log.info("supervisor %s scanning every %.2fs", self.instance, s.supervisor_tick_s)
+            mark_ready(ready_file)
+            await every(s.supervisor_tick_s, stop, scan.tick)
+        finally:
+            await fleet.close()
+            await redis.aclose()
