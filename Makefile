@@ -10,7 +10,11 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Strict editable installs link each file, so a new module needs a reinstall: the
+# package folders' mtimes (which change when files are added) are prerequisites too.
+PACKAGE_DIRS := $(wildcard scheduler agent supervisor shared shared/*/ shared/state/lua)
+
+$(STAMP): pyproject.toml $(PACKAGE_DIRS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# strict editable mode: the package-dir mapping stays visible to mypy
@@ -40,10 +44,13 @@ format: $(STAMP) ## Apply ruff's formatting and fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+schema: $(STAMP) ## Refresh the submit message's JSON Schema in the README
+	$(BIN)/python -m sasfleet.shared.messages.schema README.md
+
 bench: $(STAMP) services ## Benchmark: N one-step echo jobs through the real services
 	$(BIN)/sasfleet bench
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-.PHONY: help venv services demo test test-unit lint format bench clean
+.PHONY: help venv services demo test test-unit lint format schema bench clean

@@ -21,10 +21,20 @@ def agent() -> None:
 @agent.command("run")
 @click.argument("module")
 @click.option("--pool", default=None, help="Pool to serve [default: the fleet's default pool].")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 10_000),
-              help="Steps run at once (also the prefetch).")
-@click.option("--grace", default=30.0, show_default=True, type=float,
-              help="Seconds running steps get to finish on SIGTERM.")
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Steps run at once (also the prefetch).",
+)
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds running steps get to finish on SIGTERM.",
+)
 @common_options
 def run(module, pool, concurrency, grace, settings, ready_file, log_level):  # type: ignore[no-untyped-def]
     """Run an agent for the tasks that MODULE registers (e.g. examples.tasks)."""

@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 class Heartbeat:
     """Beats every ``interval_s``: one agent record write, one lease renewal per step."""
 
-    def __init__(self, runner: Runner, agents: AgentRegistry, pool: str, concurrency: int,
-                 interval_s: float) -> None:
+    def __init__(
+        self, runner: Runner, agents: AgentRegistry, pool: str, concurrency: int, interval_s: float
+    ) -> None:
         self.runner = runner
         self.agents = agents
         self.pool = pool
@@ -29,8 +30,12 @@ class Heartbeat:
 
     def view(self) -> AgentView:
         return AgentView(
-            agent_id=self.runner.agent_id, pool=self.pool, host=self.host, pid=os.getpid(),
-            concurrency=self.concurrency, started_at=self.started_at,
+            agent_id=self.runner.agent_id,
+            pool=self.pool,
+            host=self.host,
+            pid=os.getpid(),
+            concurrency=self.concurrency,
+            started_at=self.started_at,
             last_beat=self.runner.store.clock.now_ms(),
             running=[f"{job}|{step}" for job, step in self.runner.running],
             tasks=sorted(self.runner.registry.tasks),
@@ -41,15 +46,21 @@ class Heartbeat:
         running = list(self.runner.running.values())
         store, lease_ms = self.runner.store, self.runner.lease_ms
         renewed = await asyncio.gather(
-            *(store.renew(r.dispatch.job_id, r.dispatch.step, r.dispatch.lease, lease_ms)
-              for r in running),
+            *(
+                store.renew(r.dispatch.job_id, r.dispatch.step, r.dispatch.lease, lease_ms)
+                for r in running
+            ),
             return_exceptions=True,
         )
         for r, ok in zip(running, renewed, strict=True):
             if ok is False:
-                log.warning("lease %d of %s step %d was taken over", r.dispatch.lease,
-                            r.dispatch.job_id, r.dispatch.step,
-                            extra={"job_id": r.dispatch.job_id, "step": r.dispatch.step})
+                log.warning(
+                    "lease %d of %s step %d was taken over",
+                    r.dispatch.lease,
+                    r.dispatch.job_id,
+                    r.dispatch.step,
+                    extra={"job_id": r.dispatch.job_id, "step": r.dispatch.step},
+                )
             elif isinstance(ok, BaseException):
                 log.warning("lease renewal failed: %s", ok)
         return False

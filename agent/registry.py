@@ -73,7 +73,9 @@ def _task_def(name: str, fn: Callable[..., Any]) -> TaskDef:
         if annotation is not Any:
             decoder = msgspec.json.Decoder(annotation)
     return TaskDef(
-        name, fn, inspect.iscoroutinefunction(fn),
+        name,
+        fn,
+        inspect.iscoroutinefunction(fn),
         payload_params[0] if payload_params else None,
         context_params[0] if context_params else None,
         decoder,

@@ -36,7 +36,11 @@ class Runner:
     """Handles deliveries from the pool's queue; at most ``concurrency`` steps run at once."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, store: StateStore, fleet: FleetChannel,
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: StateStore,
+        fleet: FleetChannel,
         concurrency: int,
     ) -> None:
         self.settings = settings
@@ -62,21 +66,29 @@ class Runner:
 
     async def _take(self, message: AbstractIncomingMessage) -> tuple[Outcome, bool]:
         if len(message.body) > self.settings.max_payload_bytes:
-            return DeadLetter(f"dispatch of {len(message.body)} bytes exceeds the payload "
-                              f"limit of {self.settings.max_payload_bytes} bytes"), False
+            return DeadLetter(
+                f"dispatch of {len(message.body)} bytes exceeds the payload "
+                f"limit of {self.settings.max_payload_bytes} bytes"
+            ), False
         try:
             d = dispatch_decoder.decode(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return DeadLetter(f"invalid step dispatch: {exc}"), False
         if not await self.store.claim(d.job_id, d.step, d.lease, self.agent_id, self.lease_ms):
-            log.info("dropping a stale or duplicate dispatch of %s step %d lease %d",
-                     d.job_id, d.step, d.lease, extra={"job_id": d.job_id, "step": d.step})
+            log.info(
+                "dropping a stale or duplicate dispatch of %s step %d lease %d",
+                d.job_id,
+                d.step,
+                d.lease,
+                extra={"job_id": d.job_id, "step": d.step},
+            )
             return Ack(), False
         task = self.registry.tasks.get(d.task)
         if task is None:
             reason = f"unknown task {d.task!r}: no handler registered on this agent"
-            await self._finish(d, error=ErrorInfo(type="UnknownTask", message=reason,
-                                                  retryable=False))
+            await self._finish(
+                d, error=ErrorInfo(type="UnknownTask", message=reason, retryable=False)
+            )
             return DeadLetter(reason), False
         # The claim is recorded: from here the step lives by its lease, not the delivery.
         running = RunningStep(d)
@@ -88,9 +100,13 @@ class Runner:
         try:
             await self._run_and_record(d, task)
         except Exception:
-            log.exception("could not record the outcome of %s step %d; its lease will expire "
-                          "and the supervisor recovers it", d.job_id, d.step,
-                          extra={"job_id": d.job_id, "step": d.step})
+            log.exception(
+                "could not record the outcome of %s step %d; its lease will expire "
+                "and the supervisor recovers it",
+                d.job_id,
+                d.step,
+                extra={"job_id": d.job_id, "step": d.step},
+            )
         finally:
             self.running.pop((d.job_id, d.step), None)
             self.slots.release()
@@ -99,27 +115,46 @@ class Runner:
         try:
             result = await self._call(d, task)
         except TimeoutError:
-            await self._finish(d, error=ErrorInfo(
-                type="StepTimeout", message=f"attempt {d.attempt} ran past its "
-                f"{d.timeout_ms} ms timeout", retryable=True))
+            await self._finish(
+                d,
+                error=ErrorInfo(
+                    type="StepTimeout",
+                    message=f"attempt {d.attempt} ran past its {d.timeout_ms} ms timeout",
+                    retryable=True,
+                ),
+            )
         except msgspec.ValidationError as exc:
-            await self._finish(d, error=ErrorInfo(
-                type="InvalidPayload", message=f"payload does not match {task.name}: {exc}",
-                retryable=False))
+            await self._finish(
+                d,
+                error=ErrorInfo(
+                    type="InvalidPayload",
+                    message=f"payload does not match {task.name}: {exc}",
+                    retryable=False,
+                ),
+            )
         except Exception as exc:
-            await self._finish(d, error=ErrorInfo(
-                type=type(exc).__name__, message=str(exc) or type(exc).__name__,
-                retryable=not isinstance(exc, NonRetryableError)))
+            await self._finish(
+                d,
+                error=ErrorInfo(
+                    type=type(exc).__name__,
+                    message=str(exc) or type(exc).__name__,
+                    retryable=not isinstance(exc, NonRetryableError),
+                ),
+            )
         else:
             await self._finish_with_result(d, result)
 
     async def _call(self, d: StepDispatch, task: TaskDef) -> Any:
         payload = task.decoder.decode(d.payload)
         ctx = StepContext(
-            job_id=d.job_id, step=d.step, task=d.task, attempt=d.attempt,
-            fencing_token=d.lease, idempotency_key=d.idempotency_key, agent_id=self.agent_id,
-            _lease_check=functools.partial(self.store.lease_is_current, d.job_id, d.step,
-                                           d.lease),
+            job_id=d.job_id,
+            step=d.step,
+            task=d.task,
+            attempt=d.attempt,
+            fencing_token=d.lease,
+            idempotency_key=d.idempotency_key,
+            agent_id=self.agent_id,
+            _lease_check=functools.partial(self.store.lease_is_current, d.job_id, d.step, d.lease),
         )
         kwargs = task.arguments(payload, ctx)
         timeout = d.timeout_ms / 1000
@@ -135,27 +170,45 @@ class Runner:
         try:
             body = encode(result)
         except (TypeError, msgspec.EncodeError) as exc:
-            await self._finish(d, error=ErrorInfo(
-                type="UnencodableResult", message=str(exc), retryable=False))
+            await self._finish(
+                d, error=ErrorInfo(type="UnencodableResult", message=str(exc), retryable=False)
+            )
             return
         if len(body) > self.settings.max_payload_bytes:
-            await self._finish(d, error=ErrorInfo(
-                type="ResultTooLarge", message=f"result of {len(body)} bytes exceeds the limit "
-                f"of {self.settings.max_payload_bytes} bytes", retryable=False))
+            await self._finish(
+                d,
+                error=ErrorInfo(
+                    type="ResultTooLarge",
+                    message=f"result of {len(body)} bytes exceeds the limit "
+                    f"of {self.settings.max_payload_bytes} bytes",
+                    retryable=False,
+                ),
+            )
             return
         await self._finish(d, result=body)
 
-    async def _finish(self, d: StepDispatch, *, result: bytes | None = None,
-                      error: ErrorInfo | None = None) -> None:
+    async def _finish(
+        self, d: StepDispatch, *, result: bytes | None = None, error: ErrorInfo | None = None
+    ) -> None:
         """Record the outcome under this attempt's lease, then tell the schedulers."""
         recorded = await self.store.record(
-            d.job_id, d.step, d.lease, self.agent_id, result=result, error=error,
+            d.job_id,
+            d.step,
+            d.lease,
+            self.agent_id,
+            result=result,
+            error=error,
             announce_after_ms=int(self.settings.advance_grace_s * 1000),
         )
         if not recorded:
-            log.warning("result of %s step %d attempt %d rejected: lease %d was taken over",
-                        d.job_id, d.step, d.attempt, d.lease,
-                        extra={"job_id": d.job_id, "step": d.step, "attempt": d.attempt})
+            log.warning(
+                "result of %s step %d attempt %d rejected: lease %d was taken over",
+                d.job_id,
+                d.step,
+                d.attempt,
+                d.lease,
+                extra={"job_id": d.job_id, "step": d.step, "attempt": d.attempt},
+            )
             return
         self.completed += 1
         try:

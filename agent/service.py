@@ -21,8 +21,14 @@ log = logging.getLogger(__name__)
 class AgentService:
     """Runs the handlers of ``registry`` for the steps of one pool."""
 
-    def __init__(self, settings: Settings, registry: Registry, pool: str, concurrency: int,
-                 grace_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        pool: str,
+        concurrency: int,
+        grace_s: float = 30.0,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.pool = pool
@@ -39,15 +45,20 @@ class AgentService:
         fleet = FleetChannel(s.amqp_url.get_secret_value(), s.prefix, self.instance)
         await retry_until_up("rabbitmq", stop, lambda: fleet.open(self.concurrency))
         runner = Runner(s, self.registry, store, fleet, self.concurrency)
-        heartbeat = Heartbeat(runner, agents, self.pool, self.concurrency,
-                              min(s.heartbeat_s, s.lease_s / 3))
+        heartbeat = Heartbeat(
+            runner, agents, self.pool, self.concurrency, min(s.heartbeat_s, s.lease_s / 3)
+        )
         beating = asyncio.create_task(every(heartbeat.interval_s, stop, heartbeat.beat))
         try:
             await heartbeat.beat()
             consumer = await fleet.consumer(fleet.names.pool(self.pool), runner.handle)
-            log.info("agent %s consuming %s with %d slots (tasks: %s)", self.instance,
-                     fleet.names.pool(self.pool), self.concurrency,
-                     ", ".join(sorted(self.registry.tasks)))
+            log.info(
+                "agent %s consuming %s with %d slots (tasks: %s)",
+                self.instance,
+                fleet.names.pool(self.pool),
+                self.concurrency,
+                ", ".join(sorted(self.registry.tasks)),
+            )
             mark_ready(ready_file)
             await stop.wait()
             log.info("agent %s draining %d running steps", self.instance, len(runner.running))

@@ -82,8 +82,11 @@ async def charge_card(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
     """Step 2: charge the card (the idempotency key de-duplicates the charge)."""
     await asyncio.sleep(args.work_s)
     _maybe_fail(args, "charge_card")
-    return {"charge": f"ch-{ctx.idempotency_key}", "amount_cents": args.amount_cents,
-            "fencing_token": ctx.fencing_token}
+    return {
+        "charge": f"ch-{ctx.idempotency_key}",
+        "amount_cents": args.amount_cents,
+        "fencing_token": ctx.fencing_token,
+    }
 
 
 @tasks.task()
@@ -97,8 +100,9 @@ async def ship(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
 ORDER_STEPS = ("reserve_stock", "charge_card", "ship")
 
 
-def order_job(order_id: str, *, fail_rate: float = 0.0, work_s: float = 0.0,
-              max_attempts: int | None = None) -> list[StepSpec]:
+def order_job(
+    order_id: str, *, fail_rate: float = 0.0, work_s: float = 0.0, max_attempts: int | None = None
+) -> list[StepSpec]:
     """The steps of a three-step order job."""
     payload = {"order_id": order_id, "fail_rate": fail_rate, "work_s": work_s}
     return [StepSpec(task=t, payload=payload, max_attempts=max_attempts) for t in ORDER_STEPS]

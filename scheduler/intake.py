@@ -8,11 +8,11 @@ from typing import Any
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
+from sasfleet.scheduler.progress import job_finished
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Outcome
 from sasfleet.shared.amqp.fleet import TRACEPARENT, FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import is_valid_job_id, job_id_for_key, new_job_id
-from sasfleet.scheduler.progress import job_finished
 from sasfleet.shared.messages.codec import any_decoder, encode, submit_decoder
 from sasfleet.shared.messages.events import ErrorInfo, JobFinished
 from sasfleet.shared.messages.submit import SubmitJob
@@ -35,16 +35,17 @@ class Intake:
         body = message.body
         if len(body) > self.settings.max_payload_bytes:
             return await self._reject(
-                message, f"message of {len(body)} bytes exceeds the payload limit of "
-                f"{self.settings.max_payload_bytes} bytes", parse=False)
+                message,
+                f"message of {len(body)} bytes exceeds the payload limit of "
+                f"{self.settings.max_payload_bytes} bytes",
+                parse=False,
+            )
         try:
             submit = submit_decoder.decode(body)
             steps = submit.step_specs()
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             return await self._reject(message, f"invalid submission: {exc}")
-        if submit.job_id is None and message.message_id and not is_valid_job_id(
-            message.message_id
-        ):
+        if submit.job_id is None and message.message_id and not is_valid_job_id(message.message_id):
             return await self._reject(message, "message_id is not a valid job id", parse=False)
 
         job_id = self._job_id(submit, message)
@@ -70,9 +71,7 @@ class Intake:
             correlation_id=message.correlation_id or "",
             traceparent=_header(message, TRACEPARENT),
         )
-        created = await self.store.create_job(
-            job, self.fleet.by, int(s.dispatch_timeout_s * 1000)
-        )
+        created = await self.store.create_job(job, self.fleet.by, int(s.dispatch_timeout_s * 1000))
         if created.created:
             self.accepted += 1
             await self.fleet.dispatch(created.order, job.traceparent)
@@ -81,8 +80,12 @@ class Intake:
             # published. Publishing it again is safe: only one delivery can claim the lease.
             await self.fleet.dispatch(created.order, job.traceparent)
         else:
-            log.info("duplicate submission of job %s (%s)", job_id, created.job_status,
-                     extra={"job_id": job_id})
+            log.info(
+                "duplicate submission of job %s (%s)",
+                job_id,
+                created.job_status,
+                extra={"job_id": job_id},
+            )
             await self._reply_if_finished(job_id, message)
         return Ack()
 
@@ -99,22 +102,31 @@ class Intake:
         if message.reply_to:
             finished = await self.store.finished(job_id)
             if finished is not None:
-                await self.fleet.reply(message.reply_to, message.correlation_id or "",
-                                       job_finished(job_id, finished))
+                await self.fleet.reply(
+                    message.reply_to, message.correlation_id or "", job_finished(job_id, finished)
+                )
 
-    async def _reject(self, message: AbstractIncomingMessage, reason: str, *,
-                      parse: bool = True) -> Outcome:
+    async def _reject(
+        self, message: AbstractIncomingMessage, reason: str, *, parse: bool = True
+    ) -> Outcome:
         """Dead-letter a submission; when it names a job, that job is recorded FAILED."""
         job_id = _named_job_id(message, parse)
         error = ErrorInfo(type="InvalidSubmission", message=reason, retryable=False)
         if job_id is not None:
             await self.store.fail_submission(
-                job_id, error, self.fleet.by, message.reply_to or "",
-                message.correlation_id or "", self.settings.job_ttl_s,
+                job_id,
+                error,
+                self.fleet.by,
+                message.reply_to or "",
+                message.correlation_id or "",
+                self.settings.job_ttl_s,
             )
         if message.reply_to:
-            await self.fleet.reply(message.reply_to, message.correlation_id or "", JobFinished(
-                job_id=job_id or "", status="failed", error=error))
+            await self.fleet.reply(
+                message.reply_to,
+                message.correlation_id or "",
+                JobFinished(job_id=job_id or "", status="failed", error=error),
+            )
         return DeadLetter(reason)
 
 
@@ -124,8 +136,10 @@ def _named_job_id(message: AbstractIncomingMessage, parse: bool) -> str | None:
             doc: Any = any_decoder.decode(message.body)
         except msgspec.DecodeError:
             doc = None
-        if isinstance(doc, dict) and isinstance(doc.get("job_id"), str) and is_valid_job_id(
-            doc["job_id"]
+        if (
+            isinstance(doc, dict)
+            and isinstance(doc.get("job_id"), str)
+            and is_valid_job_id(doc["job_id"])
         ):
             return str(doc["job_id"])
     if message.message_id and is_valid_job_id(message.message_id):

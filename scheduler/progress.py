@@ -52,7 +52,10 @@ class Progress:
             return DeadLetter("invalid step event: negative step or attempt below 1")
         s = self.settings
         outcome = await self.store.advance(
-            event.job_id, event.step, event.lease, self.fleet.by,
+            event.job_id,
+            event.step,
+            event.lease,
+            self.fleet.by,
             retry_delay_ms=self.retry.delay_ms(event.attempt),
             dispatch_timeout_ms=int(s.dispatch_timeout_s * 1000),
             ttl_s=s.job_ttl_s,
@@ -61,9 +64,14 @@ class Progress:
             await self.fleet.dispatch(outcome)
         elif isinstance(outcome, Finished):
             self.finished += 1
-            await self.fleet.reply(outcome.reply_to, outcome.correlation_id,
-                                   job_finished(event.job_id, outcome))
+            await self.fleet.reply(
+                outcome.reply_to, outcome.correlation_id, job_finished(event.job_id, outcome)
+            )
         elif outcome is None:
-            log.debug("stale or duplicate event for %s step %d", event.job_id, event.step,
-                      extra={"job_id": event.job_id, "step": event.step})
+            log.debug(
+                "stale or duplicate event for %s step %d",
+                event.job_id,
+                event.step,
+                extra={"job_id": event.job_id, "step": event.step},
+            )
         return Ack()

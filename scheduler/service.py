@@ -37,8 +37,12 @@ class SchedulerService:
                 await fleet.consumer(fleet.names.submit, intake.handle),
                 await fleet.consumer(fleet.names.events, progress.handle),
             ]
-            log.info("scheduler %s consuming %s and %s", self.instance, fleet.names.submit,
-                     fleet.names.events)
+            log.info(
+                "scheduler %s consuming %s and %s",
+                self.instance,
+                fleet.names.submit,
+                fleet.names.events,
+            )
             mark_ready(ready_file)
             await stop.wait()
             log.info("scheduler %s stopping", self.instance)

@@ -66,9 +66,19 @@ def _json_out(value: Any) -> None:
 @click.option("--wait-timeout", type=float, default=300.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @settings_options
-def submit(task: str, payload: str, pool: str | None, job_id: str | None,
-           idempotency_key: str | None, max_attempts: int | None, timeout_s: float | None,
-           wait: bool, wait_timeout: float, as_json: bool, settings: Settings) -> None:
+def submit(
+    task: str,
+    payload: str,
+    pool: str | None,
+    job_id: str | None,
+    idempotency_key: str | None,
+    max_attempts: int | None,
+    timeout_s: float | None,
+    wait: bool,
+    wait_timeout: float,
+    as_json: bool,
+    settings: Settings,
+) -> None:
     """Submit a one-step job running TASK; prints the job id."""
     from sasfleet.shared.client import Client
     from sasfleet.shared.errors import JobTimeout
@@ -81,9 +91,15 @@ def submit(task: str, payload: str, pool: str | None, job_id: str | None,
     async def go() -> int:
         async with Client(settings) as client:
             try:
-                jid = await client.submit(task, data, pool=pool, job_id=job_id,
-                                          idempotency_key=idempotency_key,
-                                          max_attempts=max_attempts, timeout_s=timeout_s)
+                jid = await client.submit(
+                    task,
+                    data,
+                    pool=pool,
+                    job_id=job_id,
+                    idempotency_key=idempotency_key,
+                    max_attempts=max_attempts,
+                    timeout_s=timeout_s,
+                )
             except msgspec.ValidationError as exc:
                 raise click.UsageError(f"invalid job: {exc}") from exc
             if not wait:
@@ -95,8 +111,14 @@ def submit(task: str, payload: str, pool: str | None, job_id: str | None,
                 click.echo(str(exc), err=True)
                 return 2
             if as_json:
-                _json_out({"job_id": jid, "status": outcome.status, "result": outcome.result,
-                           "error": outcome.error})
+                _json_out(
+                    {
+                        "job_id": jid,
+                        "status": outcome.status,
+                        "result": outcome.result,
+                        "error": outcome.error,
+                    }
+                )
             else:
                 click.echo(f"{jid} {outcome.status}")
                 if outcome.result is not None:
@@ -152,8 +174,7 @@ def jobs(status: str | None, limit: int, as_json: bool, settings: Settings) -> N
     from sasfleet.shared.render import render_jobs
     from sasfleet.shared.state.reads import JobReader
 
-    found = _run(_with_redis(settings, lambda r: JobReader(r, settings.prefix).jobs(status,
-                                                                                       limit)))
+    found = _run(_with_redis(settings, lambda r: JobReader(r, settings.prefix).jobs(status, limit)))
     if as_json:
         _json_out(found)
     else:

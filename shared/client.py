@@ -1,8 +1,8 @@
 """The Python client: submit jobs, wait for them, read their state.
 
-    async with Client() as client:
-        job_id = await client.submit("echo", {"x": 1})
-        outcome = await client.wait(job_id, timeout=30)
+async with Client() as client:
+    job_id = await client.submit("echo", {"x": 1})
+    outcome = await client.wait(job_id, timeout=30)
 """
 
 from __future__ import annotations
@@ -55,22 +55,26 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
         self.by = instance_id("client")
-        self._fleet = FleetChannel(self.settings.amqp_url.get_secret_value(),
-                                   self.settings.prefix, self.by)
+        self._fleet = FleetChannel(
+            self.settings.amqp_url.get_secret_value(), self.settings.prefix, self.by
+        )
         self._redis = connect_redis(self.settings.redis_url.get_secret_value())
         self._store = StateStore(self._redis, self.settings.prefix)
         self._reader = JobReader(self._redis, self.settings.prefix)
         self._replies: AbstractQueue | None = None
         self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
         self._finished: OrderedDict[str, JobOutcome] = OrderedDict()
+        # Jobs this client submitted with its reply queue: their end arrives as a reply.
+        self._replying: set[str] = set()
         self._poller: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Client:
         await self.connect()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def connect(self) -> None:
@@ -89,16 +93,31 @@ class Client:
         await self._redis.aclose()
 
     async def submit(
-        self, task: str | None = None, payload: Any = None, *, steps: list[StepSpec] | None = None,
-        pool: str | None = None, job_id: str | None = None, idempotency_key: str | None = None,
-        max_attempts: int | None = None, timeout_s: float | None = None,
+        self,
+        task: str | None = None,
+        payload: Any = None,
+        *,
+        steps: list[StepSpec] | None = None,
+        pool: str | None = None,
+        job_id: str | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
     ) -> str:
         """Submit a job (``task`` + ``payload``, or ``steps``); returns its id once the
         broker confirmed the submission."""
-        return await self.submit_job(SubmitJob(
-            task=task, payload=payload, steps=steps, pool=pool, job_id=job_id,
-            idempotency_key=idempotency_key, max_attempts=max_attempts, timeout_s=timeout_s,
-        ))
+        return await self.submit_job(
+            SubmitJob(
+                task=task,
+                payload=payload,
+                steps=steps,
+                pool=pool,
+                job_id=job_id,
+                idempotency_key=idempotency_key,
+                max_attempts=max_attempts,
+                timeout_s=timeout_s,
+            )
+        )
 
     async def submit_job(self, job: SubmitJob) -> str:
         """Submit a prepared :class:`SubmitJob`; returns the job id."""
@@ -110,9 +129,13 @@ class Client:
             job = msgspec.structs.replace(job, job_id=job_id)
         assert self._fleet.publisher is not None and self._replies is not None
         await self._fleet.publisher.publish(
-            encode(job), self._fleet.names.submit, message_id=job_id, correlation_id=job_id,
+            encode(job),
+            self._fleet.names.submit,
+            message_id=job_id,
+            correlation_id=job_id,
             reply_to=self._replies.name,
         )
+        self._replying.add(job_id)
         return job_id
 
     async def submit_many(self, jobs: Iterable[SubmitJob]) -> list[str]:
@@ -121,7 +144,9 @@ class Client:
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobOutcome:
         """Wait until the job ends; raises :class:`JobTimeout` after ``timeout`` seconds."""
-        done = self._finished.pop(job_id, None) or await self._read_outcome(job_id)
+        done = self._finished.pop(job_id, None)
+        if done is None and job_id not in self._replying:
+            done = await self._read_outcome(job_id)
         if done is not None:
             return done
         future: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
@@ -142,6 +167,7 @@ class Client:
         return await self._reader.job(job_id)
 
     def _resolve(self, outcome: JobOutcome) -> None:
+        self._replying.discard(outcome.job_id)
         waiters = self._waiters.pop(outcome.job_id, None)
         if not waiters:
             self._finished[outcome.job_id] = outcome
@@ -157,15 +183,22 @@ class Client:
             finished = job_finished_decoder.decode(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
-        self._resolve(JobOutcome(message.correlation_id or finished.job_id, finished.status,
-                                 finished.result, finished.error))
+        self._resolve(
+            JobOutcome(
+                message.correlation_id or finished.job_id,
+                finished.status,
+                finished.result,
+                finished.error,
+            )
+        )
 
     async def _read_outcome(self, job_id: str) -> JobOutcome | None:
         finished = await self._store.finished(job_id)
         if finished is None:
             return None
         return JobOutcome(
-            job_id, finished.status,
+            job_id,
+            finished.status,
             any_decoder.decode(finished.result) if finished.result else None,
             error_decoder.decode(finished.error) if finished.error else None,
         )
@@ -184,4 +217,3 @@ class Client:
                         outcome = await self._read_outcome(job_id)
                         if outcome is not None:
                             self._resolve(outcome)
-

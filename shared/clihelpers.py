@@ -11,7 +11,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from sasfleet.shared.config import Settings, load_settings
+from sasfleet.shared.config import load_settings
 from sasfleet.shared.runtime import stop_on_signals
 from sasfleet.shared.telemetry.logs import setup_logging
 
@@ -25,8 +25,9 @@ def settings_options(fn: F) -> F:
     @click.option("--redis-url", envvar=None, help="Redis URL [env SASFLEET_REDIS_URL].")
     @click.option("--prefix", envvar=None, help="Queue/key prefix [env SASFLEET_PREFIX].")
     @functools.wraps(fn)
-    def wrapper(*args: Any, amqp_url: str | None, redis_url: str | None, prefix: str | None,
-                **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any, amqp_url: str | None, redis_url: str | None, prefix: str | None, **kwargs: Any
+    ) -> Any:
         try:
             settings = load_settings(amqp_url=amqp_url, redis_url=redis_url, prefix=prefix)
         except ValidationError as exc:
@@ -40,10 +41,17 @@ def common_options(fn: F) -> F:
     """Settings flags plus --ready-file and --log-level, for the three services."""
 
     @settings_options
-    @click.option("--ready-file", type=click.Path(dir_okay=False),
-                  help="Touch this file once the service consumes (for harnesses).")
-    @click.option("--log-level", default="INFO", show_default=True,
-                  type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+    @click.option(
+        "--ready-file",
+        type=click.Path(dir_okay=False),
+        help="Touch this file once the service consumes (for harnesses).",
+    )
+    @click.option(
+        "--log-level",
+        default="INFO",
+        show_default=True,
+        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    )
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -52,7 +60,9 @@ def common_options(fn: F) -> F:
 
 
 def service_main(
-    service: str, instance: str, log_level: str,
+    service: str,
+    instance: str,
+    log_level: str,
     main: Callable[[asyncio.Event], Awaitable[None]],
 ) -> None:
     """Run a service until SIGTERM/SIGINT, then let it drain; exit code 0 on a clean stop."""

@@ -25,8 +25,10 @@ def _short(value: object, width: int = 60) -> str:
 
 def render_job(console: Console, job: JobView) -> None:
     took = f"{(job.finished_at - job.created_at) / 1000:.3f}s" if job.finished_at else "-"
-    console.print(f"[bold]job {job.job_id}[/bold]  status [bold]{job.status}[/bold]  "
-                  f"created {_ts(job.created_at)} UTC  took {took}")
+    console.print(
+        f"[bold]job {job.job_id}[/bold]  status [bold]{job.status}[/bold]  "
+        f"created {_ts(job.created_at)} UTC  took {took}"
+    )
     if job.idempotency_key:
         console.print(f"idempotency key: {job.idempotency_key}")
     if job.traceparent:
@@ -39,18 +41,30 @@ def render_job(console: Console, job: JobView) -> None:
     for col in ("#", "task", "pool", "status", "attempt", "lease", "agent", "result / error"):
         steps.add_column(col)
     for s in job.steps:
-        steps.add_row(str(s.index), s.task, s.pool, s.status, f"{s.attempt}/{s.max_attempts}",
-                      str(s.lease), s.locked_by or "-",
-                      _short(s.error if s.error is not None else s.result))
+        steps.add_row(
+            str(s.index),
+            s.task,
+            s.pool,
+            s.status,
+            f"{s.attempt}/{s.max_attempts}",
+            str(s.lease),
+            s.locked_by or "-",
+            _short(s.error if s.error is not None else s.result),
+        )
     console.print(steps)
     history = Table(title="history", title_justify="left")
     for col in ("time (UTC)", "event", "step", "attempt", "lease", "from -> to", "by", "detail"):
         history.add_column(col)
     for h in job.history:
         history.add_row(
-            _ts(h.ts), h.event, "-" if h.step is None else str(h.step),
-            "-" if h.attempt is None else str(h.attempt), "-" if h.lease is None else str(h.lease),
-            f"{h.previous or ''} -> {h.status or ''}", h.by, h.detail or "",
+            _ts(h.ts),
+            h.event,
+            "-" if h.step is None else str(h.step),
+            "-" if h.attempt is None else str(h.attempt),
+            "-" if h.lease is None else str(h.lease),
+            f"{h.previous or ''} -> {h.status or ''}",
+            h.by,
+            h.detail or "",
         )
     console.print(history)
 
@@ -71,7 +85,13 @@ def render_agents(console: Console, agents: list[AgentView]) -> None:
     for col in ("agent", "pool", "host", "pid", "slots", "last beat", "running"):
         table.add_column(col)
     for a in agents:
-        table.add_row(a.agent_id, a.pool, a.host, str(a.pid), str(a.concurrency),
-                      f"{(now - a.last_beat) / 1000:.1f}s ago",
-                      f"{len(a.running)}: " + ", ".join(a.running[:5]))
+        table.add_row(
+            a.agent_id,
+            a.pool,
+            a.host,
+            str(a.pid),
+            str(a.concurrency),
+            f"{(now - a.last_beat) / 1000:.1f}s ago",
+            f"{len(a.running)}: " + ", ".join(a.running[:5]),
+        )
     console.print(table)

@@ -20,7 +20,9 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def every(interval_s: float, stop: asyncio.Event, work: Callable[[], Awaitable[bool]]) -> None:
+async def every(
+    interval_s: float, stop: asyncio.Event, work: Callable[[], Awaitable[bool]]
+) -> None:
     """Run ``work`` every ``interval_s`` until ``stop``; again at once when it returns True.
 
     An exception in one round is logged and the loop goes on: a passing Redis or broker

@@ -24,7 +24,9 @@ class Recovery:
     async def recover(self, job_id: str, step: int) -> None:
         s = self.settings
         action = await self.store.recover(
-            job_id, step, self.fleet.by,
+            job_id,
+            step,
+            self.fleet.by,
             dispatch_timeout_ms=int(s.dispatch_timeout_s * 1000),
             announce_after_ms=int(s.advance_grace_s * 1000),
         )
@@ -32,12 +34,21 @@ class Recovery:
         # moved comes due again and another round repairs it.
         if isinstance(action, DispatchOrder):
             self.redispatched += 1
-            log.info("re-dispatching %s step %d as attempt %d (lease %d)", job_id, step,
-                     action.attempt, action.lease,
-                     extra={"job_id": job_id, "step": step, "attempt": action.attempt})
+            log.info(
+                "re-dispatching %s step %d as attempt %d (lease %d)",
+                job_id,
+                step,
+                action.attempt,
+                action.lease,
+                extra={"job_id": job_id, "step": step, "attempt": action.attempt},
+            )
             await self.fleet.dispatch(action)
         elif isinstance(action, Announce):
             self.announced += 1
-            log.info("announcing the recorded outcome of %s step %d", job_id, step,
-                     extra={"job_id": job_id, "step": step, "attempt": action.attempt})
+            log.info(
+                "announcing the recorded outcome of %s step %d",
+                job_id,
+                step,
+                extra={"job_id": job_id, "step": step, "attempt": action.attempt},
+            )
             await self.fleet.announce(job_id, step, action.attempt, action.lease)

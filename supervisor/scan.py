@@ -16,8 +16,9 @@ class DeadlineScan:
     """Reads due deadlines; each recovery is claimed atomically by the store, so several
     supervisors scanning the same set never recover one step twice."""
 
-    def __init__(self, store: StateStore, recovery: Recovery, batch: int,
-                 concurrency: int = 32) -> None:
+    def __init__(
+        self, store: StateStore, recovery: Recovery, batch: int, concurrency: int = 32
+    ) -> None:
         self.store = store
         self.recovery = recovery
         self.batch = batch
@@ -40,5 +41,8 @@ class DeadlineScan:
             try:
                 await self.recovery.recover(job_id, step)
             except Exception:
-                log.exception("recovery of %s failed; it stays due and is retried", member,
-                              extra={"job_id": job_id, "step": step})
+                log.exception(
+                    "recovery of %s failed; it stays due and is retried",
+                    member,
+                    extra={"job_id": job_id, "step": step},
+                )

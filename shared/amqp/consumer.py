@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
 from sasfleet.shared.amqp.publisher import Publisher
 from sasfleet.shared.amqp.topology import BY_HEADER, QUEUE_HEADER, REASON_HEADER, Names
@@ -82,11 +82,11 @@ class Consumer:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._in_flight.add(task)  # type: ignore[arg-type]
+        self._in_flight.add(task)
         try:
             await self._settle(message, await self._outcome(message))
         finally:
-            self._in_flight.discard(task)  # type: ignore[arg-type]
+            self._in_flight.discard(task)
 
     async def _outcome(self, message: AbstractIncomingMessage) -> Outcome:
         try:
@@ -94,8 +94,9 @@ class Consumer:
         except BadMessage as exc:
             return DeadLetter(str(exc))
         except Exception as exc:
-            log.exception("handling a message from %s failed; it will be redelivered",
-                          self.queue.name)
+            log.exception(
+                "handling a message from %s failed; it will be redelivered", self.queue.name
+            )
             return Requeue(f"{type(exc).__name__}: {exc}")
 
     async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
@@ -110,19 +111,30 @@ class Consumer:
         except Exception as exc:
             # The channel closed under us: the broker redelivers the message, which is safe
             # because every effect is recorded idempotently before an ack.
-            log.warning("could not settle a message from %s (%s); the broker will redeliver it",
-                        self.queue.name, exc)
+            log.warning(
+                "could not settle a message from %s (%s); the broker will redeliver it",
+                self.queue.name,
+                exc,
+            )
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
-        log.warning("dead-lettering a message from %s: %s", self.queue.name, reason,
-                    extra={"message_id": message.message_id})
+        log.warning(
+            "dead-lettering a message from %s: %s",
+            self.queue.name,
+            reason,
+            extra={"message_id": message.message_id},
+        )
         headers = dict(message.headers or {})
-        headers.update({REASON_HEADER: reason[:1000], QUEUE_HEADER: self.queue.name,
-                        BY_HEADER: self.by})
+        headers.update(
+            {REASON_HEADER: reason[:1000], QUEUE_HEADER: self.queue.name, BY_HEADER: self.by}
+        )
         try:
             await self.publisher.publish(
-                message.body, self.names.dead, headers=headers,
-                message_id=message.message_id, correlation_id=message.correlation_id,
+                message.body,
+                self.names.dead,
+                headers=headers,
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
                 exchange=await self._dead_exchange(),
             )
         except PublishFailed:
@@ -132,5 +144,5 @@ class Consumer:
         self.dead_lettered += 1
         await message.ack()
 
-    async def _dead_exchange(self):  # type: ignore[no-untyped-def]
+    async def _dead_exchange(self) -> AbstractExchange:
         return await self.publisher.channel.get_exchange(self.names.dead_exchange, ensure=False)

@@ -36,9 +36,7 @@ class FleetChannel:
 
     async def open(self, prefetch: int) -> None:
         self.connection = await connect(self.url, self.by)
-        self.channel = await self.connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
+        self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         await self.channel.set_qos(prefetch_count=prefetch)
         self.topology = Topology(self.channel, self.names)
         exchange = await self.topology.declare()
@@ -59,8 +57,9 @@ class FleetChannel:
     async def consumer(self, queue_name: str, handler: Handler) -> Consumer:
         """A started consumer of ``queue_name`` that settles messages from ``handler``."""
         topology, publisher = self._ready()
-        consumer = Consumer(await topology.queue(queue_name), handler, publisher, self.names,
-                            self.by)
+        consumer = Consumer(
+            await topology.queue(queue_name), handler, publisher, self.names, self.by
+        )
         await consumer.start()
         return consumer
 
@@ -70,12 +69,19 @@ class FleetChannel:
         queue = self.names.pool(order.pool)
         await topology.queue(queue)
         message = StepDispatch(
-            job_id=order.job_id, step=order.step, task=order.task, attempt=order.attempt,
-            lease=order.lease, idempotency_key=f"{order.job_id}:{order.step}",
-            timeout_ms=order.timeout_ms, payload=msgspec.Raw(order.payload),
+            job_id=order.job_id,
+            step=order.step,
+            task=order.task,
+            attempt=order.attempt,
+            lease=order.lease,
+            idempotency_key=f"{order.job_id}:{order.step}",
+            timeout_ms=order.timeout_ms,
+            payload=msgspec.Raw(order.payload),
         )
         await publisher.publish(
-            encode(message), queue, headers=_trace_headers(traceparent),
+            encode(message),
+            queue,
+            headers=_trace_headers(traceparent),
             message_id=f"{order.job_id}:{order.step}:{order.lease}",
         )
 
@@ -83,8 +89,9 @@ class FleetChannel:
         """Tell the schedulers that a step's outcome is recorded."""
         _, publisher = self._ready()
         event = StepRecorded(job_id=job_id, step=step, attempt=attempt, lease=lease, by=self.by)
-        await publisher.publish(encode(event), self.names.events,
-                                message_id=f"{job_id}:{step}:{lease}:recorded")
+        await publisher.publish(
+            encode(event), self.names.events, message_id=f"{job_id}:{step}:{lease}:recorded"
+        )
 
     async def reply(self, reply_to: str, correlation_id: str, finished: JobFinished) -> bool:
         """Publish a final job state to a submitter's reply queue. False if it is gone."""
@@ -94,8 +101,11 @@ class FleetChannel:
         assert self.channel is not None
         try:
             await publisher.publish(
-                encode(finished), reply_to, correlation_id=correlation_id or None,
-                message_id=f"{finished.job_id}:finished", exchange=self.channel.default_exchange,
+                encode(finished),
+                reply_to,
+                correlation_id=correlation_id or None,
+                message_id=f"{finished.job_id}:finished",
+                exchange=self.channel.default_exchange,
             )
         except PublishFailed:
             return False

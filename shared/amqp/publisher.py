@@ -23,8 +23,13 @@ from sasfleet.shared.errors import PublishFailed
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = (AMQPError, aiormq.exceptions.AMQPError, ChannelInvalidStateError, ConnectionError,
-              RuntimeError)
+_TRANSIENT = (
+    AMQPError,
+    aiormq.exceptions.AMQPError,
+    ChannelInvalidStateError,
+    ConnectionError,
+    RuntimeError,
+)
 
 
 class Publisher:
@@ -37,8 +42,12 @@ class Publisher:
     """
 
     def __init__(
-        self, channel: AbstractChannel, exchange: AbstractExchange, *,
-        give_up_after_s: float = 60.0, app_id: str = "sasfleet",
+        self,
+        channel: AbstractChannel,
+        exchange: AbstractExchange,
+        *,
+        give_up_after_s: float = 60.0,
+        app_id: str = "sasfleet",
     ) -> None:
         self.channel = channel
         self.exchange = exchange
@@ -46,9 +55,16 @@ class Publisher:
         self.app_id = app_id
 
     async def publish(
-        self, body: bytes, routing_key: str, *, headers: Mapping[str, Any] | None = None,
-        message_id: str | None = None, correlation_id: str | None = None,
-        reply_to: str | None = None, exchange: AbstractExchange | None = None, priority: int | None = None,
+        self,
+        body: bytes,
+        routing_key: str,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        exchange: AbstractExchange | None = None,
+        priority: int | None = None,
     ) -> None:
         message = aio_pika.Message(
             body,
@@ -75,7 +91,8 @@ class Publisher:
                 with attempt:
                     await target.publish(message, routing_key=routing_key, mandatory=True)
         except DeliveryError as exc:
-            raise PublishFailed(f"broker refused or returned the message to {routing_key!r}: "
-                                f"{exc}") from exc
+            raise PublishFailed(
+                f"broker refused or returned the message to {routing_key!r}: {exc}"
+            ) from exc
         except _TRANSIENT as exc:
             raise PublishFailed(f"publish to {routing_key!r} failed: {exc}") from exc

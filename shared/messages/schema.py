@@ -26,3 +26,24 @@ def submit_schema() -> dict[str, Any]:
 def submit_schema_json() -> str:
     """The schema as stable, pretty JSON text (what the README embeds)."""
     return json.dumps(submit_schema(), indent=2, sort_keys=True)
+
+
+BEGIN = "<!-- submit-schema:begin -->"
+END = "<!-- submit-schema:end -->"
+
+
+def embed_in(text: str) -> str:
+    """``text`` with the block between the schema markers replaced by the current schema."""
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n```json\n{submit_schema_json()}\n```\n{END}{tail}"
+
+
+if __name__ == "__main__":  # `make schema`: refresh the README's copy
+    import sys
+
+    path = sys.argv[1]
+    with open(path, encoding="utf-8") as fh:
+        updated = embed_in(fh.read())
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(updated)

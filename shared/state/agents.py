@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 import msgspec
+import redis.asyncio as aioredis
 
 from sasfleet.shared.messages.codec import encode
 from sasfleet.shared.state.keys import Keys
 from sasfleet.shared.state.views import AgentView
-
 
 _agent_decoder = msgspec.json.Decoder(AgentView)
 

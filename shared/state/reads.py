@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -22,19 +22,35 @@ def _int(value: str | None) -> int | None:
 def _history(raw: str) -> HistoryEntry:
     e = any_decoder.decode(raw)
     return HistoryEntry(
-        ts=e["ts"], by=e["by"], event=e["event"], step=e.get("step"), attempt=e.get("attempt"),
-        lease=e.get("lease"), status=e.get("to"), previous=e.get("from"), detail=e.get("detail"),
+        ts=e["ts"],
+        by=e["by"],
+        event=e["event"],
+        step=e.get("step"),
+        attempt=e.get("attempt"),
+        lease=e.get("lease"),
+        status=e.get("to"),
+        previous=e.get("from"),
+        detail=e.get("detail"),
     )
 
 
 def _step(h: dict[str, str]) -> StepView:
     return StepView(
-        index=int(h["index"]), task=h["task"], pool=h["pool"], status=h["status"],
-        attempt=int(h["attempt"]), max_attempts=int(h["max_attempts"]), lease=int(h["lease"]),
-        timeout_ms=int(h["timeout_ms"]), payload=_json(h.get("payload")),
-        result=_json(h.get("result")), error=_json(h.get("error")),
-        locked_by=h.get("locked_by") or None, dispatched_at=_int(h.get("dispatched_at")),
-        started_at=_int(h.get("started_at")), finished_at=_int(h.get("finished_at")),
+        index=int(h["index"]),
+        task=h["task"],
+        pool=h["pool"],
+        status=h["status"],
+        attempt=int(h["attempt"]),
+        max_attempts=int(h["max_attempts"]),
+        lease=int(h["lease"]),
+        timeout_ms=int(h["timeout_ms"]),
+        payload=_json(h.get("payload")),
+        result=_json(h.get("result")),
+        error=_json(h.get("error")),
+        locked_by=h.get("locked_by") or None,
+        dispatched_at=_int(h.get("dispatched_at")),
+        started_at=_int(h.get("started_at")),
+        finished_at=_int(h.get("finished_at")),
     )
 
 
@@ -48,7 +64,7 @@ class JobReader:
     async def job(self, job_id: str, *, with_history: bool = True) -> JobView | None:
         """The whole job document, or None when no such job (or it expired)."""
         k = self.keys
-        job: dict[str, str] = await self.redis.hgetall(k.job(job_id))
+        job = cast(dict[str, str], await self.redis.hgetall(k.job(job_id)))
         if not job:
             return None
         nsteps = int(job.get("nsteps", 0))
@@ -61,13 +77,18 @@ class JobReader:
         steps = [_step(h) for h in replies[:nsteps] if h]
         history = [_history(r) for r in replies[nsteps]] if with_history else []
         return JobView(
-            job_id=job_id, status=job["status"], created_at=int(job["created_at"]),
-            updated_at=int(job["updated_at"]), finished_at=_int(job.get("finished_at")),
+            job_id=job_id,
+            status=job["status"],
+            created_at=int(job["created_at"]),
+            updated_at=int(job["updated_at"]),
+            finished_at=_int(job.get("finished_at")),
             submitted_by=job.get("submitted_by") or None,
             idempotency_key=job.get("idempotency_key") or None,
             traceparent=job.get("traceparent") or None,
-            result=_json(job.get("result")), error=_json(job.get("error")),
-            steps=steps, history=history,
+            result=_json(job.get("result")),
+            error=_json(job.get("error")),
+            steps=steps,
+            history=history,
         )
 
     async def statuses(self, job_ids: list[str]) -> dict[str, str | None]:

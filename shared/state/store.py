@@ -7,7 +7,7 @@ and appends to the job's history in the same atomic step. No read-modify-write i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -104,15 +104,22 @@ AdvanceResult = DispatchOrder | Finished | int | None  # int: retry due (ms); No
 RecoverResult = DispatchOrder | Announce | None  # None: nothing to do
 
 
-def connect_redis(url: str) -> aioredis.Redis:
-    """A Redis client that retries briefly on connection errors (Redis restarts, failovers)."""
-    return aioredis.Redis.from_url(
+def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A Redis client that retries briefly on connection errors (Redis restarts, failovers).
+
+    The pool blocks callers when all connections are busy instead of failing, so a burst of
+    concurrent calls queues up rather than raising "Too many connections".
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=30,
         decode_responses=True,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
 
 
 class StateStore:
@@ -129,8 +136,9 @@ class StateStore:
 
     def _order(self, job_id: str, reply: list[Any]) -> DispatchOrder:
         _kind, lease, attempt, task, pool, payload, timeout_ms, step = reply
-        return DispatchOrder(job_id, int(step), int(lease), int(attempt), task, pool, payload,
-                             int(timeout_ms))
+        return DispatchOrder(
+            job_id, int(step), int(lease), int(attempt), task, pool, payload, int(timeout_ms)
+        )
 
     async def reserve_idempotency_key(self, key: str, job_id: str, ttl_s: int) -> str:
         """Bind ``key`` to ``job_id`` unless it is bound already; returns the bound job id."""
@@ -144,13 +152,26 @@ class StateStore:
         """Record a job and dispatch its first step; an existing id returns the existing job."""
         k, now = self.keys, self.clock.now_ms()
         args: list[Any] = [
-            job.job_id, now, by, k.step_prefix(job.job_id), now + dispatch_timeout_ms,
-            job.idempotency_key, job.reply_to, job.correlation_id, job.traceparent, len(job.steps),
+            job.job_id,
+            now,
+            by,
+            k.step_prefix(job.job_id),
+            now + dispatch_timeout_ms,
+            job.idempotency_key,
+            job.reply_to,
+            job.correlation_id,
+            job.traceparent,
+            len(job.steps),
         ]
         for s in job.steps:
             args += [s.task, s.pool, s.payload, s.max_attempts, s.timeout_ms]
-        keys = [k.job(job.job_id), k.history(job.job_id), k.jobs, k.deadlines,
-                k.step(job.job_id, 0)]
+        keys = [
+            k.job(job.job_id),
+            k.history(job.job_id),
+            k.jobs,
+            k.deadlines,
+            k.step(job.job_id, 0),
+        ]
         reply = await self._run("create_job", keys, args)
         if reply[0] == "created":
             return CreateResult(True, "running", "dispatched", self._order(job.job_id, reply))
@@ -158,7 +179,12 @@ class StateStore:
         return CreateResult(False, job_status, step_status or "", self._order(job.job_id, order))
 
     async def fail_submission(
-        self, job_id: str, error: ErrorInfo, by: str, reply_to: str, correlation_id: str,
+        self,
+        job_id: str,
+        error: ErrorInfo,
+        by: str,
+        reply_to: str,
+        correlation_id: str,
         ttl_s: int,
     ) -> bool:
         """Record a rejected submission as a FAILED job; False if the id already exists."""
@@ -179,8 +205,15 @@ class StateStore:
         reply = await self._run(
             "claim",
             self._step_keys(job_id, step),
-            [deadline_member(job_id, step), lease, agent, self.clock.now_ms(), lease_ms,
-             _CLAIM_FROM, step],
+            [
+                deadline_member(job_id, step),
+                lease,
+                agent,
+                self.clock.now_ms(),
+                lease_ms,
+                _CLAIM_FROM,
+                step,
+            ],
         )
         return bool(reply[0] == "ok")
 
@@ -190,8 +223,13 @@ class StateStore:
         reply = await self._run(
             "renew",
             [k.step(job_id, step), k.deadlines],
-            [deadline_member(job_id, step), lease, self.clock.now_ms(), lease_ms,
-             _csv(frozenset({StepStatus.RUNNING}))],
+            [
+                deadline_member(job_id, step),
+                lease,
+                self.clock.now_ms(),
+                lease_ms,
+                _csv(frozenset({StepStatus.RUNNING})),
+            ],
         )
         return bool(reply)
 
@@ -201,8 +239,15 @@ class StateStore:
         return status == StepStatus.RUNNING and current == str(lease)
 
     async def record(
-        self, job_id: str, step: int, lease: int, agent: str, *,
-        result: bytes | None = None, error: ErrorInfo | None = None, announce_after_ms: int,
+        self,
+        job_id: str,
+        step: int,
+        lease: int,
+        agent: str,
+        *,
+        result: bytes | None = None,
+        error: ErrorInfo | None = None,
+        announce_after_ms: int,
     ) -> bool:
         """Record an attempt's outcome (error given: FAILED, else SUCCEEDED).
 
@@ -215,24 +260,54 @@ class StateStore:
         reply = await self._run(
             "record",
             self._step_keys(job_id, step),
-            [deadline_member(job_id, step), lease, agent, now, status.value,
-             result if result is not None else b"", encode(error) if error else b"",
-             now + announce_after_ms, _SUCCEED_FROM if succeeded else _FAIL_FROM, step],
+            [
+                deadline_member(job_id, step),
+                lease,
+                agent,
+                now,
+                status.value,
+                result if result is not None else b"",
+                encode(error) if error else b"",
+                now + announce_after_ms,
+                _SUCCEED_FROM if succeeded else _FAIL_FROM,
+                step,
+            ],
         )
         return bool(reply[0] == "ok")
 
     async def advance(
-        self, job_id: str, step: int, lease: int, by: str, *,
-        retry_delay_ms: int, dispatch_timeout_ms: int, ttl_s: int,
+        self,
+        job_id: str,
+        step: int,
+        lease: int,
+        by: str,
+        *,
+        retry_delay_ms: int,
+        dispatch_timeout_ms: int,
+        ttl_s: int,
     ) -> AdvanceResult:
         """Take up a recorded outcome: dispatch the next step, wait to retry, or end the job."""
         k, now = self.keys, self.clock.now_ms()
         reply = await self._run(
             "advance",
-            [k.job(job_id), k.step(job_id, step), k.step(job_id, step + 1), k.history(job_id),
-             k.deadlines],
-            [job_id, step, lease, by, now, retry_delay_ms, now + dispatch_timeout_ms, ttl_s,
-             k.step_prefix(job_id)],
+            [
+                k.job(job_id),
+                k.step(job_id, step),
+                k.step(job_id, step + 1),
+                k.history(job_id),
+                k.deadlines,
+            ],
+            [
+                job_id,
+                step,
+                lease,
+                by,
+                now,
+                retry_delay_ms,
+                now + dispatch_timeout_ms,
+                ttl_s,
+                k.step_prefix(job_id),
+            ],
         )
         kind = reply[0]
         if kind == "dispatch":
@@ -250,7 +325,7 @@ class StateStore:
         )
         if status not in JOB_TERMINAL:
             return None
-        return Finished(status, reply_to or "", correlation_id or "", result or "", error or "")
+        return Finished(*(str(v or "") for v in (status, reply_to, correlation_id, result, error)))
 
     async def due(self, limit: int) -> list[str]:
         """Deadline members (``job_id|step``) that are due now, oldest first."""
@@ -267,8 +342,16 @@ class StateStore:
         reply = await self._run(
             "recover",
             self._step_keys(job_id, step),
-            [deadline_member(job_id, step), now, by, now + dispatch_timeout_ms,
-             now + announce_after_ms, _REDISPATCH_FROM, _RECORDED, step],
+            [
+                deadline_member(job_id, step),
+                now,
+                by,
+                now + dispatch_timeout_ms,
+                now + announce_after_ms,
+                _REDISPATCH_FROM,
+                _RECORDED,
+                step,
+            ],
         )
         if reply[0] == "dispatch":
             return self._order(job_id, reply)

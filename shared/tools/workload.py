@@ -1,0 +1,75 @@
+"""Drives a workload through a client and measures it: latencies, throughput, outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sasfleet.shared.client import Client, JobOutcome
+from sasfleet.shared.messages.submit import SubmitJob
+
+
+@dataclass
+class RunResult:
+    """What a workload run measured (times from ``time.perf_counter``)."""
+
+    started: float
+    finished: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    outcomes: dict[str, JobOutcome] = field(default_factory=dict)
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.finished - self.started
+
+    @property
+    def throughput(self) -> float:
+        return len(self.outcomes) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def by_status(self) -> Counter[str]:
+        return Counter(o.status for o in self.outcomes.values())
+
+    def percentile_ms(self, p: float) -> float:
+        return percentile(self.latencies_s, p) * 1000
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+async def run_workload(
+    client: Client,
+    jobs: Sequence[SubmitJob],
+    *,
+    in_flight: int = 512,
+    wait_timeout_s: float = 600.0,
+    on_done: Callable[[JobOutcome], None] | None = None,
+) -> RunResult:
+    """Submit ``jobs`` (at most ``in_flight`` unconfirmed at once) and wait for all of them.
+
+    Latency is from just before the submit to the moment the client learns the job ended.
+    """
+    result = RunResult(started=time.perf_counter())
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(job: SubmitJob) -> None:
+        async with gate:
+            t0 = time.perf_counter()
+            job_id = await client.submit_job(job)
+        outcome = await client.wait(job_id, wait_timeout_s)
+        result.latencies_s.append(time.perf_counter() - t0)
+        result.outcomes[job_id] = outcome
+        if on_done is not None:
+            on_done(outcome)
+
+    await asyncio.gather(*(one(j) for j in jobs))
+    result.finished = time.perf_counter()
+    return result
