@@ -35,10 +35,11 @@ test: $(STAMP) services ## Run every test (unit and integration) against real Ra
 test-unit: $(STAMP) ## Only the fast unit tests
 	$(BIN)/pytest -m unit
 
-lint: $(STAMP) ## ruff and mypy (strict)
+lint: $(STAMP) ## ruff, mypy (strict) and the import rules of CONVENTIONS.md
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Apply ruff's formatting and fixes
 	$(BIN)/ruff format .

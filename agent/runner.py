@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage
 
 from sasfleet.agent.context import StepContext
 from sasfleet.agent.registry import Registry, TaskDef
-from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Outcome
+from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.errors import NonRetryableError, PublishFailed
@@ -54,7 +53,7 @@ class Runner:
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="sasfleet-task")
         self.completed = 0
 
-    async def handle(self, message: AbstractIncomingMessage) -> Outcome:
+    async def handle(self, message: Delivery) -> Outcome:
         await self.slots.acquire()  # a slot is taken before a delivery is claimed
         handed_over = False
         try:
@@ -64,7 +63,7 @@ class Runner:
             if not handed_over:
                 self.slots.release()
 
-    async def _take(self, message: AbstractIncomingMessage) -> tuple[Outcome, bool]:
+    async def _take(self, message: Delivery) -> tuple[Outcome, bool]:
         if len(message.body) > self.settings.max_payload_bytes:
             return DeadLetter(
                 f"dispatch of {len(message.body)} bytes exceeds the payload "

@@ -6,10 +6,9 @@ import logging
 from typing import Any
 
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage
 
 from sasfleet.scheduler.progress import job_finished
-from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Outcome
+from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import TRACEPARENT, FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import is_valid_job_id, job_id_for_key, new_job_id
@@ -31,7 +30,7 @@ class Intake:
         self.fleet = fleet
         self.accepted = 0
 
-    async def handle(self, message: AbstractIncomingMessage) -> Outcome:
+    async def handle(self, message: Delivery) -> Outcome:
         body = message.body
         if len(body) > self.settings.max_payload_bytes:
             return await self._reject(
@@ -69,7 +68,7 @@ class Intake:
             idempotency_key=submit.idempotency_key or "",
             reply_to=message.reply_to or "",
             correlation_id=message.correlation_id or "",
-            traceparent=_header(message, TRACEPARENT),
+            traceparent=message.header(TRACEPARENT),
         )
         created = await self.store.create_job(job, self.fleet.by, int(s.dispatch_timeout_s * 1000))
         if created.created:
@@ -89,7 +88,7 @@ class Intake:
             await self._reply_if_finished(job_id, message)
         return Ack()
 
-    def _job_id(self, submit: SubmitJob, message: AbstractIncomingMessage) -> str:
+    def _job_id(self, submit: SubmitJob, message: Delivery) -> str:
         if submit.job_id:
             return submit.job_id
         if message.message_id:
@@ -98,7 +97,7 @@ class Intake:
             return job_id_for_key(submit.idempotency_key)
         return new_job_id()
 
-    async def _reply_if_finished(self, job_id: str, message: AbstractIncomingMessage) -> None:
+    async def _reply_if_finished(self, job_id: str, message: Delivery) -> None:
         if message.reply_to:
             finished = await self.store.finished(job_id)
             if finished is not None:
@@ -106,9 +105,7 @@ class Intake:
                     message.reply_to, message.correlation_id or "", job_finished(job_id, finished)
                 )
 
-    async def _reject(
-        self, message: AbstractIncomingMessage, reason: str, *, parse: bool = True
-    ) -> Outcome:
+    async def _reject(self, message: Delivery, reason: str, *, parse: bool = True) -> Outcome:
         """Dead-letter a submission; when it names a job, that job is recorded FAILED."""
         job_id = _named_job_id(message, parse)
         error = ErrorInfo(type="InvalidSubmission", message=reason, retryable=False)
@@ -130,7 +127,7 @@ class Intake:
         return DeadLetter(reason)
 
 
-def _named_job_id(message: AbstractIncomingMessage, parse: bool) -> str | None:
+def _named_job_id(message: Delivery, parse: bool) -> str | None:
     if parse:
         try:
             doc: Any = any_decoder.decode(message.body)
@@ -145,10 +142,3 @@ def _named_job_id(message: AbstractIncomingMessage, parse: bool) -> str | None:
     if message.message_id and is_valid_job_id(message.message_id):
         return message.message_id
     return None
-
-
-def _header(message: AbstractIncomingMessage, name: str) -> str:
-    value = (message.headers or {}).get(name)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else ""

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage
 
-from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Outcome
+from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.messages.codec import any_decoder, error_decoder, event_decoder
@@ -43,7 +42,7 @@ class Progress:
         )
         self.finished = 0
 
-    async def handle(self, message: AbstractIncomingMessage) -> Outcome:
+    async def handle(self, message: Delivery) -> Outcome:
         try:
             event = event_decoder.decode(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

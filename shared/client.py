@@ -16,8 +16,8 @@ from types import TracebackType
 from typing import Any
 
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
+from sasfleet.shared.amqp.consumer import Delivery
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings, load_settings
 from sasfleet.shared.errors import JobTimeout
@@ -61,7 +61,7 @@ class Client:
         self._redis = connect_redis(self.settings.redis_url.get_secret_value())
         self._store = StateStore(self._redis, self.settings.prefix)
         self._reader = JobReader(self._redis, self.settings.prefix)
-        self._replies: AbstractQueue | None = None
+        self._reply_to = ""
         self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
         self._finished: OrderedDict[str, JobOutcome] = OrderedDict()
         # Jobs this client submitted with its reply queue: their end arrives as a reply.
@@ -79,9 +79,7 @@ class Client:
 
     async def connect(self) -> None:
         await self._fleet.open(prefetch=1000)
-        assert self._fleet.channel is not None
-        self._replies = await self._fleet.channel.declare_queue(exclusive=True, auto_delete=True)
-        await self._replies.consume(self._on_reply, no_ack=True)
+        self._reply_to = await self._fleet.reply_queue(self._on_reply)
         self._poller = asyncio.create_task(self._poll())
 
     async def close(self) -> None:
@@ -127,13 +125,13 @@ class Client:
         )
         if job.job_id is None:
             job = msgspec.structs.replace(job, job_id=job_id)
-        assert self._fleet.publisher is not None and self._replies is not None
+        assert self._fleet.publisher is not None and self._reply_to, "connect() first"
         await self._fleet.publisher.publish(
             encode(job),
             self._fleet.names.submit,
             message_id=job_id,
             correlation_id=job_id,
-            reply_to=self._replies.name,
+            reply_to=self._reply_to,
         )
         self._replying.add(job_id)
         return job_id
@@ -178,7 +176,7 @@ class Client:
             if not future.done():
                 future.set_result(outcome)
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+    async def _on_reply(self, message: Delivery) -> None:
         try:
             finished = job_finished_decoder.decode(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError):

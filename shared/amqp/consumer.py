@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
@@ -41,7 +42,39 @@ class Requeue:
 
 
 Outcome = Ack | DeadLetter | Requeue
-Handler = Callable[[AbstractIncomingMessage], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a handler sees of a message: the services never touch aio-pika types."""
+
+    body: bytes
+    message_id: str | None
+    correlation_id: str | None
+    reply_to: str | None
+    headers: dict[str, Any]
+    redelivered: bool
+
+    @classmethod
+    def of(cls, message: AbstractIncomingMessage) -> Delivery:
+        return cls(
+            message.body,
+            message.message_id,
+            message.correlation_id,
+            message.reply_to,
+            dict(message.headers or {}),
+            bool(message.redelivered),
+        )
+
+    def header(self, name: str) -> str:
+        """A header as text ("" when absent or not text)."""
+        value = self.headers.get(name)
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        return value if isinstance(value, str) else ""
+
+
+Handler = Callable[[Delivery], Awaitable[Outcome]]
 
 REQUEUE_DELAY_S = 1.0
 
@@ -90,7 +123,7 @@ class Consumer:
 
     async def _outcome(self, message: AbstractIncomingMessage) -> Outcome:
         try:
-            return await self.handler(message)
+            return await self.handler(Delivery.of(message))
         except BadMessage as exc:
             return DeadLetter(str(exc))
         except Exception as exc:

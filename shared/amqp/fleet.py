@@ -3,14 +3,19 @@ topology, and the few kinds of message the fleet publishes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
-from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from sasfleet.shared.amqp.connection import connect
-from sasfleet.shared.amqp.consumer import Consumer, Handler
+from sasfleet.shared.amqp.consumer import Consumer, Delivery, Handler
 from sasfleet.shared.amqp.publisher import Publisher
 from sasfleet.shared.amqp.topology import Names, Topology
 from sasfleet.shared.errors import PublishFailed
@@ -62,6 +67,20 @@ class FleetChannel:
         )
         await consumer.start()
         return consumer
+
+    async def reply_queue(self, on_reply: Callable[[Delivery], Awaitable[None]]) -> str:
+        """A private, server-named queue for this process's replies; returns its name.
+
+        Replies are hints (the state is in Redis), so they are consumed without acks.
+        """
+        assert self.channel is not None, "FleetChannel.open() was not called"
+        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            await on_reply(Delivery.of(message))
+
+        await queue.consume(deliver, no_ack=True)
+        return queue.name
 
     async def dispatch(self, order: DispatchOrder, traceparent: str = "") -> None:
         """Publish one attempt of a step to its pool's queue (declared on first use)."""

@@ -17,7 +17,17 @@ if allowed(TERMINAL_JOB, j[1]) then
   return {'finished', j[1], j[4], j[5], j[6] or '', j[7] or ''}
 end
 local s = redis.call('HMGET', step, 'status', 'lease', 'attempt', 'max_attempts', 'result', 'error')
-if tonumber(j[2]) ~= index or s[2] ~= ARGV[3] then return {'stale', 'superseded'} end
+if s[2] ~= ARGV[3] then return {'stale', 'superseded'} end
+if tonumber(j[2]) ~= index then
+  -- Already advanced. If the next step's first dispatch may not have been published (the
+  -- scheduler died or the broker failed before the confirm), hand it out again: only one
+  -- delivery of an attempt can claim it.
+  if tonumber(j[2]) == index + 1 and s[1] == 'succeeded' then
+    local n = redis.call('HMGET', KEYS[3], 'status', 'attempt')
+    if n[1] == 'dispatched' and n[2] == '1' then return dispatch_reply('dispatch', KEYS[3], index + 1) end
+  end
+  return {'stale', 'already advanced'}
+end
 
 local function finish(status, result, err)
   redis.call('HSET', job, 'status', status, 'updated_at', now, 'finished_at', now)
