@@ -17,7 +17,7 @@ from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.errors import NonRetryableError, PublishFailed
-from sasfleet.shared.messages.codec import dispatch_decoder, encode
+from sasfleet.shared.messages.codec import DECODE_ERRORS, dispatch_decoder, encode
 from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.state.store import StateStore
@@ -71,7 +71,7 @@ class Runner:
             ), False
         try:
             d = dispatch_decoder.decode(message.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             return DeadLetter(f"invalid step dispatch: {exc}"), False
         if not await self.store.claim(d.job_id, d.step, d.lease, self.agent_id, self.lease_ms):
             log.info(

@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import msgspec
-
 from sasfleet.scheduler.progress import job_finished
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import TRACEPARENT, FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import is_valid_job_id, job_id_for_key, new_job_id
-from sasfleet.shared.messages.codec import any_decoder, encode, submit_decoder
+from sasfleet.shared.messages.codec import DECODE_ERRORS, any_decoder, encode, submit_decoder
 from sasfleet.shared.messages.events import ErrorInfo, JobFinished
 from sasfleet.shared.messages.submit import SubmitJob
 from sasfleet.shared.state.store import NewJob, NewStep, StateStore
@@ -42,7 +40,7 @@ class Intake:
         try:
             submit = submit_decoder.decode(body)
             steps = submit.step_specs()
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        except (*DECODE_ERRORS, ValueError) as exc:
             return await self._reject(message, f"invalid submission: {exc}")
         if submit.job_id is None and message.message_id and not is_valid_job_id(message.message_id):
             return await self._reject(message, "message_id is not a valid job id", parse=False)
@@ -71,10 +69,14 @@ class Intake:
             traceparent=message.header(TRACEPARENT),
         )
         created = await self.store.create_job(job, self.fleet.by, int(s.dispatch_timeout_s * 1000))
-        if created.created:
+        if created.created and created.order is not None:
             self.accepted += 1
             await self.fleet.dispatch(created.order, job.traceparent)
-        elif created.step_status == StepStatus.DISPATCHED and created.order.attempt == 1:
+        elif (
+            created.order is not None
+            and created.step_status == StepStatus.DISPATCHED
+            and created.order.attempt == 1
+        ):
             # A redelivered or repeated submission: the first dispatch may never have been
             # published. Publishing it again is safe: only one delivery can claim the lease.
             await self.fleet.dispatch(created.order, job.traceparent)
@@ -131,7 +133,7 @@ def _named_job_id(message: Delivery, parse: bool) -> str | None:
     if parse:
         try:
             doc: Any = any_decoder.decode(message.body)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             doc = None
         if (
             isinstance(doc, dict)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
-
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
-from sasfleet.shared.messages.codec import any_decoder, error_decoder, event_decoder
+from sasfleet.shared.messages.codec import DECODE_ERRORS, any_decoder, error_decoder, event_decoder
 from sasfleet.shared.messages.events import JobFinished
 from sasfleet.shared.state.store import DispatchOrder, Finished, StateStore
 from sasfleet.shared.statemachine import RetryPolicy
@@ -45,7 +43,7 @@ class Progress:
     async def handle(self, message: Delivery) -> Outcome:
         try:
             event = event_decoder.decode(message.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             return DeadLetter(f"invalid step event: {exc}")
         if event.step < 0 or event.attempt < 1:
             return DeadLetter("invalid step event: negative step or attempt below 1")

@@ -22,7 +22,13 @@ from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings, load_settings
 from sasfleet.shared.errors import JobTimeout
 from sasfleet.shared.ids import instance_id, job_id_for_key, new_job_id
-from sasfleet.shared.messages.codec import any_decoder, encode, error_decoder, job_finished_decoder
+from sasfleet.shared.messages.codec import (
+    DECODE_ERRORS,
+    any_decoder,
+    encode,
+    error_decoder,
+    job_finished_decoder,
+)
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.messages.submit import StepSpec, SubmitJob
 from sasfleet.shared.state.reads import JobReader
@@ -179,7 +185,7 @@ class Client:
     async def _on_reply(self, message: Delivery) -> None:
         try:
             finished = job_finished_decoder.decode(message.body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except DECODE_ERRORS:
             return
         self._resolve(
             JobOutcome(

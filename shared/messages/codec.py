@@ -16,6 +16,10 @@ job_finished_decoder = msgspec.json.Decoder(JobFinished)
 error_decoder = msgspec.json.Decoder(ErrorInfo)
 any_decoder = msgspec.json.Decoder()
 
+# What decoding untrusted bytes may raise. msgspec raises RecursionError on very deep
+# nesting instead of a DecodeError; every consumer treats it as an undecodable message.
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
 
 def encode(obj: object) -> bytes:
     """JSON-encode any message or plain value."""

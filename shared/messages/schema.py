@@ -14,6 +14,11 @@ from sasfleet.shared.messages.submit import SubmitJob
 def submit_schema() -> dict[str, Any]:
     """JSON Schema of a submit message and of the reply sent to its ``reply_to``."""
     (submit, reply), components = msgspec.json.schema_components([SubmitJob, JobFinished])
+    # msgspec marks a tag field required, but decoding one struct type accepts it missing.
+    definition = components["SubmitJob"]
+    definition["required"] = [f for f in definition.get("required", []) if f != "kind"]
+    if not definition["required"]:
+        del definition["required"]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "SAS Fleet submit message",

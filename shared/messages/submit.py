@@ -7,11 +7,24 @@ typo is an error instead of a silently ignored option.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
 
 SCHEMA_VERSION = 1
+
+# msgspec checks `pattern` with re.search, where `$` also matches before a final newline;
+# these full matches close that gap (JSON Schema's ECMA regexes have no `\Z`).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")
+_POOL = re.compile(r"[A-Za-z0-9_.-]+")
+_JOB_ID = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def _full(pattern: re.Pattern[str], value: str | None, what: str) -> None:
+    if value is not None and not pattern.fullmatch(value):
+        raise ValueError(f"invalid {what} {value!r}")
+
 
 TaskName = Annotated[
     str,
@@ -64,6 +77,10 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_attempts: Attempts | None = None
     timeout_s: TimeoutSeconds | None = None
 
+    def __post_init__(self) -> None:
+        _full(_NAME, self.task, "task name")
+        _full(_POOL, self.pool, "pool name")
+
 
 class SubmitJob(
     msgspec.Struct,
@@ -88,11 +105,20 @@ class SubmitJob(
     timeout_s: TimeoutSeconds | None = None
     steps: Annotated[list[StepSpec], msgspec.Meta(min_length=1, max_length=100)] | None = None
 
+    def __post_init__(self) -> None:
+        _full(_NAME, self.task, "task name")
+        _full(_POOL, self.pool, "pool name")
+        _full(_JOB_ID, self.job_id, "job id")
+
     def step_specs(self) -> list[StepSpec]:
         """The steps, with the one-step shorthand expanded. Raises ValueError when invalid."""
         if self.steps is not None:
-            if self.task is not None or self.payload is not None:
-                raise ValueError("give either `task`/`payload` or `steps`, not both")
+            shorthand = (self.task, self.payload, self.pool, self.max_attempts, self.timeout_s)
+            if any(v is not None for v in shorthand):
+                raise ValueError(
+                    "with `steps`, give `task`, `payload`, `pool`, `max_attempts` and "
+                    "`timeout_s` on each step, not at the top level"
+                )
             return list(self.steps)
         if self.task is None:
             raise ValueError("a job needs `task` or `steps`")

@@ -78,7 +78,7 @@ class CreateResult:
     created: bool
     job_status: str
     step_status: str
-    order: DispatchOrder
+    order: DispatchOrder | None  # the current step's dispatch; None when the job has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +176,9 @@ class StateStore:
         if reply[0] == "created":
             return CreateResult(True, "running", "dispatched", self._order(job.job_id, reply))
         _, job_status, _current, step_status, order = reply
-        return CreateResult(False, job_status, step_status or "", self._order(job.job_id, order))
+        return CreateResult(
+            False, job_status, step_status or "", self._order(job.job_id, order) if order else None
+        )
 
     async def fail_submission(
         self,

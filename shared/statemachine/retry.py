@@ -27,5 +27,8 @@ def backoff_ms(attempt: int, initial_ms: int, coefficient: float, max_ms: int) -
     """Delay after the ``attempt``-th failure (attempts count from 1)."""
     if attempt < 1:
         raise ValueError("attempts count from 1")
-    delay = initial_ms * coefficient ** (attempt - 1)
+    try:
+        delay = initial_ms * coefficient ** (attempt - 1)
+    except OverflowError:
+        return max_ms
     return int(min(delay, max_ms))

@@ -30,8 +30,13 @@ job_ids = st.text(alphabet=JOB_ID_CHARS, min_size=1, max_size=MAX_JOB_ID_LENGTH)
 
 
 def per_job_keys(keys: Keys, job_id: str) -> list[str]:
-    return [keys.job(job_id), keys.history(job_id), keys.step(job_id, 0),
-            keys.step(job_id, 17), keys.step_prefix(job_id)]
+    return [
+        keys.job(job_id),
+        keys.history(job_id),
+        keys.step(job_id, 0),
+        keys.step(job_id, 17),
+        keys.step_prefix(job_id),
+    ]
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -61,8 +66,14 @@ def test_every_per_job_key_carries_the_job_hash_tag_and_one_cluster_slot(job_id:
 def test_every_key_lives_under_the_fleet_prefix_so_fleets_do_not_collide() -> None:
     a, b = Keys("a"), Keys("ab")
     for keys in (a, b):
-        names = [*per_job_keys(keys, JOB), keys.idempotency("k"), keys.deadlines, keys.jobs,
-                 keys.agents, keys.agent("x")]
+        names = [
+            *per_job_keys(keys, JOB),
+            keys.idempotency("k"),
+            keys.deadlines,
+            keys.jobs,
+            keys.agents,
+            keys.agent("x"),
+        ]
         assert all(n.startswith(keys.prefix + ":") for n in names)
     assert not a.job(JOB).startswith(b.prefix + ":")
 
@@ -169,8 +180,10 @@ def test_invalid_prefix_is_rejected(clean_env: pytest.MonkeyPatch, prefix: str) 
         load_settings()
 
 
-@pytest.mark.parametrize(("name", "value"), [("max_attempts", 0), ("lease_s", 0),
-                                             ("retry_backoff", 0.5), ("scan_batch", 0)])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("max_attempts", 0), ("lease_s", 0), ("retry_backoff", 0.5), ("scan_batch", 0)],
+)
 def test_out_of_range_settings_are_rejected(name: str, value: float) -> None:
     with pytest.raises(pydantic.ValidationError, match=name):
         Settings(**{name: value})
@@ -199,10 +212,5 @@ def test_mask_url_replaces_only_the_password(url: str, masked: str) -> None:
     assert mask_url(url) == masked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG shared/config.py mask_url: rebuilds the netloc from parts.hostname, which drops "
-    "the brackets of an IPv6 literal: 'redis://:pw@[::1]:6379/0' -> 'redis://:***@::1:6379/0'",
-)
 def test_mask_url_keeps_ipv6_hosts_intact() -> None:
     assert mask_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"

@@ -28,8 +28,15 @@ async def _lease_ok() -> bool:
 
 
 def context(**overrides: Any) -> StepContext:
-    values: dict[str, Any] = dict(job_id="j1", step=0, task="t", attempt=1, fencing_token=4,
-                                  idempotency_key="j1:0", agent_id="agent-1")
+    values: dict[str, Any] = dict(
+        job_id="j1",
+        step=0,
+        task="t",
+        attempt=1,
+        fencing_token=4,
+        idempotency_key="j1:0",
+        agent_id="agent-1",
+    )
     return StepContext(**{**values, **overrides}, _lease_check=_lease_ok)
 
 

@@ -89,12 +89,6 @@ def test_optional_fields_are_not_required(submit_def: dict[str, Any]) -> None:
         assert "default" in submit_def["properties"][name]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG shared/messages/schema.py: the schema lists `kind` as required "
-    "(msgspec marks tag fields required) but the decoder accepts messages without it, so the "
-    "published schema refuses the documented minimal message {\"task\": ..., \"payload\": ...}",
-)
 def test_kind_tag_is_optional_as_on_the_wire(submit_def: dict[str, Any]) -> None:
     assert "kind" not in submit_def.get("required", [])
 

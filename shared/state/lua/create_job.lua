@@ -11,6 +11,9 @@ local job_id, now, by, step_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', job) == 1 then
   local j = redis.call('HMGET', job, 'status', 'current')
   local step = step_prefix .. j[2]
+  if redis.call('EXISTS', step) == 0 then  -- a rejected submission has no steps
+    return {'exists', j[1], tonumber(j[2]), '', {}}
+  end
   local d = dispatch_reply('exists', step, tonumber(j[2]))
   return {'exists', j[1], tonumber(j[2]), redis.call('HGET', step, 'status'), d}
 end

@@ -1,0 +1,315 @@
+"""StateStore against real Redis: every Lua script, with time under the test's control."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import redis.asyncio as aioredis
+
+from sasfleet.shared.clock import ManualClock
+from sasfleet.shared.messages.events import ErrorInfo
+from sasfleet.shared.state.keys import deadline_member
+from sasfleet.shared.state.reads import JobReader
+from sasfleet.shared.state.store import (
+    Announce,
+    DispatchOrder,
+    Finished,
+    NewJob,
+    NewStep,
+    StateStore,
+    connect_redis,
+)
+from sasfleet.shared.state.views import HistoryEntry
+from sasfleet.shared.statemachine import STEP_MOVES, Move, StepStatus
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+DISPATCH_MS, LEASE_MS, ANNOUNCE_MS, TTL_S = 5_000, 2_000, 30_000, 600
+BOOM = ErrorInfo(type="RuntimeError", message="boom", retryable=True)
+
+
+def who_what(h: HistoryEntry) -> tuple[object, ...]:
+    return (h.event, h.by, h.lease, h.previous, h.status, h.detail)
+
+
+@dataclass
+class Fleet:
+    redis: aioredis.Redis
+    prefix: str
+    clock: ManualClock
+    store: StateStore
+    reader: JobReader
+
+    async def create(self, job_id: str = "j1", *, steps: int = 1, max_attempts: int = 3) -> None:
+        job = NewJob(
+            job_id,
+            [
+                NewStep(f"task{i}", "default", f'{{"i":{i}}}'.encode(), max_attempts, 60_000)
+                for i in range(steps)
+            ],
+        )
+        assert (await self.store.create_job(job, "scheduler-1", DISPATCH_MS)).created
+
+    async def step(self, job_id: str = "j1", index: int = 0) -> dict[str, str]:
+        return await self.redis.hgetall(self.store.keys.step(job_id, index))
+
+    async def events(self) -> list[str]:
+        view = await self.reader.job("j1")
+        assert view is not None
+        return [h.event for h in view.history]
+
+    async def claim(self, lease: int, agent: str = "agent-a", step: int = 0) -> bool:
+        return await self.store.claim("j1", step, lease, agent, LEASE_MS)
+
+    async def record(
+        self, lease: int, agent: str = "agent-a", *, step: int = 0, **outcome: Any
+    ) -> bool:
+        return await self.store.record(
+            "j1", step, lease, agent, **outcome, announce_after_ms=ANNOUNCE_MS
+        )
+
+    async def advance(self, step: int, lease: int, retry_delay_ms: int = 1_000) -> object:
+        return await self.store.advance(
+            "j1",
+            step,
+            lease,
+            "scheduler-1",
+            retry_delay_ms=retry_delay_ms,
+            dispatch_timeout_ms=DISPATCH_MS,
+            ttl_s=TTL_S,
+        )
+
+    async def recover(self, store: StateStore | None = None, step: int = 0) -> object:
+        return await (store or self.store).recover(
+            "j1",
+            step,
+            "supervisor-1",
+            dispatch_timeout_ms=DISPATCH_MS,
+            announce_after_ms=ANNOUNCE_MS,
+        )
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[Fleet]:
+    redis = connect_redis(REDIS_URL)
+    await redis.ping()  # fail, never skip, when Redis is missing
+    prefix, clock = f"t-{uuid4().hex[:8]}", ManualClock()
+    try:
+        yield Fleet(
+            redis, prefix, clock, StateStore(redis, prefix, clock), JobReader(redis, prefix)
+        )
+    finally:
+        async for key in redis.scan_iter(match=f"{prefix}:*"):
+            await redis.delete(key)
+        await redis.aclose()
+
+
+async def test_create_job_dispatches_step_zero_and_a_duplicate_creates_nothing(
+    fleet: Fleet,
+) -> None:
+    job = NewJob("j1", [NewStep("echo", "p1", b'{"x":1}', 3, 9_000)], idempotency_key="k1")
+    first = await fleet.store.create_job(job, "scheduler-1", DISPATCH_MS)
+    assert (first.created, first.job_status, first.step_status) == (True, "running", "dispatched")
+    assert first.order == DispatchOrder("j1", 0, 1, 1, "echo", "p1", '{"x":1}', 9_000)
+    other = NewJob("j1", [NewStep("other", "p2", b"2", 1, 1), NewStep("x", "p", b"3", 1, 1)])
+    again = await fleet.store.create_job(other, "scheduler-2", DISPATCH_MS)
+    assert (again.created, again.job_status, again.step_status) == (False, "running", "dispatched")
+    assert again.order == first.order
+    assert await fleet.redis.zcard(fleet.store.keys.jobs) == 1
+    view = await fleet.reader.job("j1")
+    assert view is not None and [s.task for s in view.steps] == ["echo"]
+    assert view.idempotency_key == "k1" and view.submitted_by == "scheduler-1"
+    assert [h.event for h in view.history] == ["submit", "start", "dispatch"]
+    assert await fleet.redis.zscore(fleet.store.keys.deadlines, deadline_member("j1", 0)) == (
+        fleet.clock.now_ms() + DISPATCH_MS
+    )
+
+
+async def test_claim_needs_the_current_lease_and_a_rejection_is_in_the_history(
+    fleet: Fleet,
+) -> None:
+    await fleet.create()
+    assert await fleet.claim(7, "agent-b") is False
+    assert (await fleet.step())["status"] == "dispatched"
+    assert await fleet.claim(1) is True
+    step = await fleet.step()
+    assert (step["status"], step["locked_by"]) == ("running", "agent-a")
+    assert await fleet.redis.zscore(fleet.store.keys.deadlines, "j1|0") == (
+        fleet.clock.now_ms() + LEASE_MS
+    )
+    view = await fleet.reader.job("j1")
+    assert view is not None
+    rejected, claimed = map(who_what, view.history[-2:])
+    assert rejected == ("claim_rejected", "agent-b", 7, "dispatched", None, "current lease 1")
+    assert claimed == ("claim", "agent-a", 1, "dispatched", "running", None)
+
+
+async def test_recorded_success_then_advance_finishes_the_job_with_its_result(
+    fleet: Fleet,
+) -> None:
+    await fleet.create()
+    assert await fleet.claim(1)
+    assert await fleet.record(1, result=b'{"ok":true}')
+    assert (await fleet.step())["status"] == "succeeded"
+    done = await fleet.advance(0, 1)
+    assert isinstance(done, Finished)
+    assert (done.status, done.result, done.error) == ("succeeded", '{"ok":true}', "")
+    view = await fleet.reader.job("j1")
+    assert view is not None and (view.status, view.result) == ("succeeded", {"ok": True})
+    assert await fleet.redis.zscore(fleet.store.keys.deadlines, "j1|0") is None
+    assert 0 < await fleet.redis.ttl(fleet.store.keys.job("j1")) <= TTL_S
+    assert await fleet.advance(0, 1) == done  # a duplicate announcement changes nothing
+
+
+async def test_three_step_job_advances_one_step_at_a_time(fleet: Fleet) -> None:
+    await fleet.create(steps=3)
+    lease, outcome = 1, None
+    for i in range(3):
+        assert (await fleet.step(index=i))["status"] == "dispatched"
+        if i + 1 < 3:
+            assert (await fleet.step(index=i + 1))["status"] == "pending"
+        assert await fleet.claim(lease, step=i)
+        assert await fleet.record(lease, result=f"{i}".encode(), step=i)
+        outcome = await fleet.advance(i, lease)
+        if i < 2:
+            assert isinstance(outcome, DispatchOrder)
+            assert (outcome.step, outcome.attempt, outcome.task) == (i + 1, 1, f"task{i + 1}")
+            assert outcome.lease > lease and outcome.payload == f'{{"i":{i + 1}}}'
+            # A duplicate announcement may hand out the same order again, never a new one.
+            assert await fleet.advance(i, lease) in (None, outcome)
+            lease = outcome.lease
+    assert isinstance(outcome, Finished) and (outcome.status, outcome.result) == ("succeeded", "2")
+    next_step = ["claim", "succeed", "dispatch"]
+    start, end = ["submit", "start", "dispatch"], ["claim", "succeed", "succeed"]
+    assert await fleet.events() == start + next_step * 2 + end
+
+
+async def test_a_stale_result_is_rejected_recorded_and_leaves_the_step_alone(
+    fleet: Fleet,
+) -> None:
+    await fleet.create()
+    assert await fleet.claim(1, "agent-old")
+    fleet.clock.advance(LEASE_MS + 1)
+    order = await fleet.recover()
+    assert isinstance(order, DispatchOrder) and (order.attempt, order.lease) == (2, 2)
+    before = await fleet.step()
+    assert await fleet.record(1, "agent-old", result=b'"late"') is False
+    assert await fleet.step() == before
+    view = await fleet.reader.job("j1")
+    assert view is not None
+    rejected = ("stale_result_rejected", "agent-old", 1, "dispatched", "succeeded")
+    assert who_what(view.history[-1]) == (*rejected, "current lease 2")
+
+
+async def test_a_retryable_failure_waits_for_its_backoff_then_is_redispatched(
+    fleet: Fleet,
+) -> None:
+    await fleet.create()
+    assert await fleet.claim(1)
+    assert await fleet.record(1, error=BOOM)
+    due = await fleet.advance(0, 1, retry_delay_ms=1_500)
+    assert due == fleet.clock.now_ms() + 1_500
+    assert (await fleet.step())["status"] == "waiting_retry"
+    assert await fleet.redis.hget(fleet.store.keys.job("j1"), "status") == "running"
+    fleet.clock.advance(1_499)
+    assert await fleet.recover() is None
+    fleet.clock.advance(1)
+    order = await fleet.recover()
+    assert isinstance(order, DispatchOrder) and (order.attempt, order.lease) == (2, 2)
+    assert (await fleet.events())[-2:] == ["retry_later", "redispatch"]
+
+
+async def test_recover_waits_for_the_deadline_then_redispatches_with_a_new_lease(
+    fleet: Fleet,
+) -> None:
+    await fleet.create()
+    assert await fleet.recover() is None
+    fleet.clock.advance(DISPATCH_MS - 1)
+    assert await fleet.recover() is None
+    fleet.clock.advance(1)
+    order = await fleet.recover()
+    assert isinstance(order, DispatchOrder)
+    assert (order.step, order.attempt, order.lease, order.task) == (0, 2, 2, "task0")
+    step = await fleet.step()
+    assert (step["status"], step["attempt"], step["lease"]) == ("dispatched", "2", "2")
+    assert await fleet.claim(1) is False
+
+
+async def test_two_supervisors_recover_one_overdue_step_exactly_once(fleet: Fleet) -> None:
+    await fleet.create()
+    fleet.clock.advance(DISPATCH_MS)
+    other_redis = connect_redis(REDIS_URL)
+    try:
+        other = StateStore(other_redis, fleet.prefix, fleet.clock)
+        results = await asyncio.gather(fleet.recover(), fleet.recover(other))
+    finally:
+        await other_redis.aclose()
+    orders = [r for r in results if isinstance(r, DispatchOrder)]
+    assert len(orders) == 1 and results.count(None) == 1
+    assert (await fleet.events()).count("redispatch") == 1
+    assert (await fleet.step())["attempt"] == "2"
+
+
+async def test_a_timeout_on_the_last_attempt_fails_the_step_and_then_the_job(
+    fleet: Fleet,
+) -> None:
+    await fleet.create(max_attempts=1)
+    assert await fleet.claim(1)
+    fleet.clock.advance(LEASE_MS)
+    assert await fleet.recover() == Announce(attempt=1, lease=1)
+    step = await fleet.step()
+    error = json.loads(step["error"])
+    assert step["status"] == "failed" and "locked_by" not in step
+    assert (error["type"], error["retryable"]) == ("StepTimeout", False)
+    done = await fleet.advance(0, 1)
+    assert isinstance(done, Finished) and done.status == "failed"
+    assert json.loads(done.error)["type"] == "StepTimeout"
+    view = await fleet.reader.job("j1")
+    assert view is not None and view.status == "failed"
+    assert (await fleet.events())[-2:] == ["timeout_fail", "fail"]
+
+
+async def test_resubmitting_a_rejected_job_id_reports_the_failed_job(fleet: Fleet) -> None:
+    bad = ErrorInfo(type="BadMessage", message="no task", retryable=False)
+    assert await fleet.store.fail_submission("j1", bad, "scheduler-1", "", "", TTL_S)
+    job = NewJob("j1", [NewStep("echo", "default", b"1", 3, 1_000)])
+    again = await fleet.store.create_job(job, "scheduler-1", DISPATCH_MS)
+    assert (again.created, again.job_status) == (False, "failed")
+
+
+# --- the state machine's table, walked against the scripts ----------------------------------
+
+SINGLE_STEP_MOVES = [Move.CLAIM, Move.SUCCEED, Move.FAIL, Move.REDISPATCH, Move.TIMEOUT_FAIL]
+
+
+@pytest.mark.parametrize("source", list(StepStatus))
+@pytest.mark.parametrize("move", SINGLE_STEP_MOVES)
+async def test_step_scripts_accept_exactly_the_moves_of_the_table(
+    fleet: Fleet, move: Move, source: StepStatus
+) -> None:
+    allowed, target = STEP_MOVES[move]
+    # A timeout fails only a last attempt; otherwise the supervisor re-dispatches.
+    await fleet.create(max_attempts=1 if move is Move.TIMEOUT_FAIL else 3)
+    await fleet.redis.hset(fleet.store.keys.step("j1", 0), "status", source.value)  # test setup
+    seen = len(await fleet.events())
+    if move is Move.CLAIM:
+        await fleet.claim(1)
+    elif move is Move.SUCCEED:
+        await fleet.record(1, result=b"1")
+    elif move is Move.FAIL:
+        await fleet.record(1, error=BOOM)
+    else:
+        fleet.clock.advance(DISPATCH_MS)
+        await fleet.recover()
+    status = (await fleet.step())["status"]
+    accepted = move.value in (await fleet.events())[seen:] and status == target
+    assert accepted is (source in allowed), f"{move} from {source} -> now {status}"
+    if not accepted and move in (Move.CLAIM, Move.SUCCEED, Move.FAIL):
+        assert status == source  # a refused agent call changes nothing
