@@ -13,6 +13,14 @@ What task modules use::
 
 from sasfleet.agent.context import StepContext
 from sasfleet.agent.registry import Registry, TaskDef
-from sasfleet.shared.errors import NonRetryableError
+from sasfleet.shared.errors import NonRetryableError, RetryAfter
+from sasfleet.shared.messages.submit import RetrySpec
 
-__all__ = ["NonRetryableError", "Registry", "StepContext", "TaskDef"]
+__all__ = [
+    "NonRetryableError",
+    "Registry",
+    "RetryAfter",
+    "RetrySpec",
+    "StepContext",
+    "TaskDef",
+]

@@ -6,9 +6,12 @@ import asyncio
 import logging
 import os
 import socket
+import time
 
-from sasfleet.agent.runner import Runner
+from sasfleet.agent.runner import Runner, RunningStep
+from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.state.agents import AgentRegistry
+from sasfleet.shared.state.store import CANCEL_REQUESTED, LEASE_LOST, StateStore
 from sasfleet.shared.state.views import AgentView
 
 log = logging.getLogger(__name__)
@@ -45,22 +48,56 @@ class Heartbeat:
         await self.agents.beat(self.view(), ttl_s=max(int(self.interval_s * 3) + 1, 5))
         running = list(self.runner.running.values())
         store, lease_ms = self.runner.store, self.runner.lease_ms
-        renewed = await asyncio.gather(
-            *(
-                store.renew(r.dispatch.job_id, r.dispatch.step, r.dispatch.lease, lease_ms)
-                for r in running
-            ),
-            return_exceptions=True,
+        now = time.monotonic()
+        renewals = await asyncio.gather(
+            *(self._renew(store, r, lease_ms, now) for r in running), return_exceptions=True
         )
-        for r, ok in zip(running, renewed, strict=True):
-            if ok is False:
-                log.warning(
-                    "lease %d of %s step %d was taken over",
-                    r.dispatch.lease,
-                    r.dispatch.job_id,
-                    r.dispatch.step,
-                    extra={"job_id": r.dispatch.job_id, "step": r.dispatch.step},
-                )
-            elif isinstance(ok, BaseException):
-                log.warning("lease renewal failed: %s", ok)
+        for outcome in renewals:
+            if isinstance(outcome, BaseException):
+                log.warning("lease renewal failed: %s", outcome)
         return False
+
+    async def _renew(self, store: StateStore, r: RunningStep, lease_ms: int, now: float) -> None:
+        d = r.dispatch
+        silent_s = now - r.context.last_heartbeat
+        if d.heartbeat_timeout_ms and silent_s * 1000 > d.heartbeat_timeout_ms:
+            log.warning(
+                "%s step %d: no heartbeat from its handler for %.1fs; stopping it",
+                d.job_id,
+                d.step,
+                silent_s,
+                extra={"job_id": d.job_id, "step": d.step},
+            )
+            r.stop(
+                ErrorInfo(
+                    type="HeartbeatTimeout",
+                    message=f"handler silent for "
+                    f"{silent_s:.1f}s (heartbeat timeout {d.heartbeat_timeout_ms} ms)",
+                )
+            )
+            return
+        progress, r.context.progress = r.context.progress, b""
+        answer = await store.renew(d.job_id, d.step, d.lease, lease_ms, progress)
+        if answer == LEASE_LOST:
+            log.warning(
+                "lease %d of %s step %d was taken over; dropping the step",
+                d.lease,
+                d.job_id,
+                d.step,
+                extra={"job_id": d.job_id, "step": d.step},
+            )
+            r.stop(None)
+        elif answer == CANCEL_REQUESTED and not r.context.cancel_requested:
+            log.info(
+                "%s was cancelled; stopping step %d",
+                d.job_id,
+                d.step,
+                extra={"job_id": d.job_id, "step": d.step},
+            )
+            r.stop(
+                ErrorInfo(
+                    type="Cancelled",
+                    message="the job was cancelled while the step ran",
+                    retryable=False,
+                )
+            )

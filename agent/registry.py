@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import typing
@@ -13,6 +14,7 @@ import msgspec
 
 from sasfleet.agent.context import StepContext
 from sasfleet.shared.errors import ConfigError
+from sasfleet.shared.messages.submit import RetrySpec
 
 _ANY = msgspec.json.Decoder()
 
@@ -27,6 +29,8 @@ class TaskDef:
     payload_param: str | None
     context_param: str | None
     decoder: msgspec.json.Decoder[Any]
+    max_attempts: int | None = None
+    retry: RetrySpec | None = None
 
     def arguments(self, payload: Any, context: StepContext) -> dict[str, Any]:
         """Keyword arguments for one call of the handler."""
@@ -49,12 +53,23 @@ class Registry:
     def __init__(self) -> None:
         self.tasks: dict[str, TaskDef] = {}
 
-    def task(self, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        retry: RetrySpec | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register a handler; ``max_attempts`` and ``retry`` are the task's defaults (a
+        step's own choices win over them, and they win over the fleet's)."""
+
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             task_name = name or fn.__name__
             if task_name in self.tasks:
                 raise ConfigError(f"task {task_name!r} is registered twice")
-            self.tasks[task_name] = _task_def(task_name, fn)
+            self.tasks[task_name] = dataclasses.replace(
+                _task_def(task_name, fn), max_attempts=max_attempts, retry=retry
+            )
             return fn
 
         return register

@@ -12,23 +12,36 @@ from typing import Any
 import msgspec
 
 from sasfleet.agent.context import StepContext
+from sasfleet.agent.policy import fleet_policy, step_policy
 from sasfleet.agent.registry import Registry, TaskDef
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
-from sasfleet.shared.errors import NonRetryableError, PublishFailed
+from sasfleet.shared.errors import NonRetryableError, PublishFailed, RetryAfter
 from sasfleet.shared.messages.codec import DECODE_ERRORS, dispatch_decoder, encode
 from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.state.store import StateStore
+from sasfleet.shared.statemachine import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class RunningStep:
+    """A claimed step whose handler runs. ``stop_reason`` says why it was cancelled."""
+
     dispatch: StepDispatch
+    context: StepContext
+    policy: RetryPolicy
     task: asyncio.Task[None] | None = None
+    stop_reason: ErrorInfo | None = None  # None: stopped without an outcome to record
+
+    def stop(self, reason: ErrorInfo | None) -> None:
+        self.stop_reason = reason
+        self.context.cancel_requested = True
+        if self.task is not None:
+            self.task.cancel()
 
 
 class Runner:
@@ -48,6 +61,7 @@ class Runner:
         self.fleet = fleet
         self.agent_id = fleet.by
         self.lease_ms = int(settings.lease_s * 1000)
+        self.base_policy = fleet_policy(settings)
         self.slots = asyncio.Semaphore(concurrency)
         self.running: dict[tuple[str, int], RunningStep] = {}
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="sasfleet-task")
@@ -73,7 +87,11 @@ class Runner:
             d = dispatch_decoder.decode(message.body)
         except DECODE_ERRORS as exc:
             return DeadLetter(f"invalid step dispatch: {exc}"), False
-        if not await self.store.claim(d.job_id, d.step, d.lease, self.agent_id, self.lease_ms):
+        task = self.registry.tasks.get(d.task)
+        policy = step_policy(self.base_policy, task, d)
+        if not await self.store.claim(
+            d.job_id, d.step, d.lease, self.agent_id, self.lease_ms, policy.max_attempts
+        ):
             log.info(
                 "dropping a stale or duplicate dispatch of %s step %d lease %d",
                 d.job_id,
@@ -82,22 +100,46 @@ class Runner:
                 extra={"job_id": d.job_id, "step": d.step},
             )
             return Ack(), False
-        task = self.registry.tasks.get(d.task)
         if task is None:
             reason = f"unknown task {d.task!r}: no handler registered on this agent"
             await self._finish(
-                d, error=ErrorInfo(type="UnknownTask", message=reason, retryable=False)
+                d, policy, error=ErrorInfo(type="UnknownTask", message=reason, retryable=False)
             )
             return DeadLetter(reason), False
         # The claim is recorded: from here the step lives by its lease, not the delivery.
-        running = RunningStep(d)
+        running = RunningStep(d, self._context(d), policy)
         self.running[(d.job_id, d.step)] = running
-        running.task = asyncio.create_task(self._execute(d, task))
+        running.task = asyncio.create_task(self._execute(running, task))
         return Ack(), True
 
-    async def _execute(self, d: StepDispatch, task: TaskDef) -> None:
+    def _context(self, d: StepDispatch) -> StepContext:
+        return StepContext(
+            job_id=d.job_id,
+            step=d.step,
+            task=d.task,
+            attempt=d.attempt,
+            fencing_token=d.lease,
+            idempotency_key=d.idempotency_key,
+            agent_id=self.agent_id,
+            compensates=d.compensates,
+            _lease_check=functools.partial(self.store.lease_is_current, d.job_id, d.step, d.lease),
+            _results=functools.partial(self.store.step_results, d.job_id),
+        )
+
+    async def _execute(self, running: RunningStep, task: TaskDef) -> None:
+        d = running.dispatch
         try:
-            await self._run_and_record(d, task)
+            await self._run_and_record(running, task)
+        except asyncio.CancelledError:
+            if running.stop_reason is not None:
+                await self._finish(d, running.policy, error=running.stop_reason)
+            else:
+                log.info(
+                    "stopped %s step %d without an outcome",
+                    d.job_id,
+                    d.step,
+                    extra={"job_id": d.job_id, "step": d.step},
+                )
         except Exception:
             log.exception(
                 "could not record the outcome of %s step %d; its lease will expire "
@@ -110,30 +152,40 @@ class Runner:
             self.running.pop((d.job_id, d.step), None)
             self.slots.release()
 
-    async def _run_and_record(self, d: StepDispatch, task: TaskDef) -> None:
+    async def _run_and_record(self, running: RunningStep, task: TaskDef) -> None:
+        d, policy = running.dispatch, running.policy
         try:
-            result = await self._call(d, task)
+            result = await self._call(running, task)
         except TimeoutError:
             await self._finish(
                 d,
+                policy,
                 error=ErrorInfo(
-                    type="StepTimeout",
+                    type="StartToCloseTimeout",
                     message=f"attempt {d.attempt} ran past its {d.timeout_ms} ms timeout",
-                    retryable=True,
                 ),
             )
         except msgspec.ValidationError as exc:
             await self._finish(
                 d,
+                policy,
                 error=ErrorInfo(
                     type="InvalidPayload",
                     message=f"payload does not match {task.name}: {exc}",
                     retryable=False,
                 ),
             )
+        except RetryAfter as exc:
+            await self._finish(
+                d,
+                policy,
+                error=ErrorInfo(type="RetryAfter", message=str(exc)),
+                retry_after_ms=int(exc.delay_s * 1000),
+            )
         except Exception as exc:
             await self._finish(
                 d,
+                policy,
                 error=ErrorInfo(
                     type=type(exc).__name__,
                     message=str(exc) or type(exc).__name__,
@@ -141,41 +193,35 @@ class Runner:
                 ),
             )
         else:
-            await self._finish_with_result(d, result)
+            await self._finish_with_result(d, policy, result)
 
-    async def _call(self, d: StepDispatch, task: TaskDef) -> Any:
-        payload = task.decoder.decode(d.payload)
-        ctx = StepContext(
-            job_id=d.job_id,
-            step=d.step,
-            task=d.task,
-            attempt=d.attempt,
-            fencing_token=d.lease,
-            idempotency_key=d.idempotency_key,
-            agent_id=self.agent_id,
-            _lease_check=functools.partial(self.store.lease_is_current, d.job_id, d.step, d.lease),
-        )
-        kwargs = task.arguments(payload, ctx)
+    async def _call(self, running: RunningStep, task: TaskDef) -> Any:
+        d = running.dispatch
+        kwargs = task.arguments(task.decoder.decode(d.payload), running.context)
         timeout = d.timeout_ms / 1000
         if task.is_async:
             return await asyncio.wait_for(task.fn(**kwargs), timeout)
         loop = asyncio.get_running_loop()
-        # A plain function runs off the event loop; on timeout its thread cannot be killed,
-        # but its late result is rejected by the lease check like any stale result.
+        # A plain function runs off the event loop; on timeout or cancellation its thread
+        # cannot be killed (it can watch ctx.cancel_requested), but a late result is
+        # rejected by the lease check like any stale result.
         call = functools.partial(task.fn, **kwargs)
         return await asyncio.wait_for(loop.run_in_executor(self.executor, call), timeout)
 
-    async def _finish_with_result(self, d: StepDispatch, result: Any) -> None:
+    async def _finish_with_result(self, d: StepDispatch, policy: RetryPolicy, result: Any) -> None:
         try:
             body = encode(result)
         except (TypeError, msgspec.EncodeError) as exc:
             await self._finish(
-                d, error=ErrorInfo(type="UnencodableResult", message=str(exc), retryable=False)
+                d,
+                policy,
+                error=ErrorInfo(type="UnencodableResult", message=str(exc), retryable=False),
             )
             return
         if len(body) > self.settings.max_payload_bytes:
             await self._finish(
                 d,
+                policy,
                 error=ErrorInfo(
                     type="ResultTooLarge",
                     message=f"result of {len(body)} bytes exceeds the limit "
@@ -184,12 +230,23 @@ class Runner:
                 ),
             )
             return
-        await self._finish(d, result=body)
+        await self._finish(d, policy, result=body)
 
     async def _finish(
-        self, d: StepDispatch, *, result: bytes | None = None, error: ErrorInfo | None = None
+        self,
+        d: StepDispatch,
+        policy: RetryPolicy,
+        *,
+        result: bytes | None = None,
+        error: ErrorInfo | None = None,
+        retry_after_ms: int | None = None,
     ) -> None:
         """Record the outcome under this attempt's lease, then tell the schedulers."""
+        retry_delay = None
+        if error is not None:
+            retry_delay = policy.next_delay_ms(
+                d.attempt, error.retryable, error.type, retry_after_ms
+            )
         recorded = await self.store.record(
             d.job_id,
             d.step,
@@ -197,6 +254,7 @@ class Runner:
             self.agent_id,
             result=result,
             error=error,
+            retry_delay_ms=retry_delay,
             announce_after_ms=int(self.settings.advance_grace_s * 1000),
         )
         if not recorded:

@@ -13,7 +13,8 @@ from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import instance_id
 from sasfleet.shared.runtime import every, mark_ready, retry_until_up
 from sasfleet.shared.state.agents import AgentRegistry
-from sasfleet.shared.state.store import StateStore, connect_redis
+from sasfleet.shared.state.connection import connect_redis
+from sasfleet.shared.state.store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -62,9 +62,16 @@ class OrderArgs(msgspec.Struct, frozen=True):
     amount_cents: int = 1000
     fail_rate: float = 0.0  # chance that an attempt fails (retryably)
     work_s: float = 0.0
+    fail_step: str = ""  # this step fails, non-retryably
+    flaky_step: str = ""  # this step fails (retryably) until its attempt `flaky_until`
+    flaky_until: int = 0
 
 
-def _maybe_fail(args: OrderArgs, what: str) -> None:
+def _maybe_fail(args: OrderArgs, what: str, ctx: StepContext | None = None) -> None:
+    if args.fail_step == what:
+        raise NonRetryableError(f"{what} refused order {args.order_id}")
+    if ctx is not None and args.flaky_step == what and ctx.attempt < args.flaky_until:
+        raise RuntimeError(f"{what} flaked on attempt {ctx.attempt} (simulated)")
     if args.fail_rate and random.random() < args.fail_rate:
         raise RuntimeError(f"{what} failed for order {args.order_id} (simulated)")
 
@@ -73,7 +80,7 @@ def _maybe_fail(args: OrderArgs, what: str) -> None:
 async def reserve_stock(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
     """Step 1: reserve the order's items."""
     await asyncio.sleep(args.work_s)
-    _maybe_fail(args, "reserve_stock")
+    _maybe_fail(args, "reserve_stock", ctx)
     return {"reservation": f"res-{ctx.idempotency_key}", "order_id": args.order_id}
 
 
@@ -81,7 +88,7 @@ async def reserve_stock(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
 async def charge_card(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
     """Step 2: charge the card (the idempotency key de-duplicates the charge)."""
     await asyncio.sleep(args.work_s)
-    _maybe_fail(args, "charge_card")
+    _maybe_fail(args, "charge_card", ctx)
     return {
         "charge": f"ch-{ctx.idempotency_key}",
         "amount_cents": args.amount_cents,
@@ -93,16 +100,65 @@ async def charge_card(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
 async def ship(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
     """Step 3: hand the order to the carrier."""
     await asyncio.sleep(args.work_s)
-    _maybe_fail(args, "ship")
+    _maybe_fail(args, "ship", ctx)
     return {"shipment": f"sh-{ctx.idempotency_key}", "order_id": args.order_id}
 
 
+@tasks.task()
+async def release_stock(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
+    """Compensation of reserve_stock: it receives the step's payload; the reservation made
+    is the compensated step's result."""
+    reserved = await ctx.compensated_result()
+    _maybe_fail(args, "release_stock", ctx)
+    return {"released": reserved["reservation"]}
+
+
+@tasks.task()
+async def refund_card(args: OrderArgs, ctx: StepContext) -> dict[str, Any]:
+    """Compensation of charge_card."""
+    charged = await ctx.compensated_result()
+    _maybe_fail(args, "refund_card", ctx)
+    return {"refunded": charged["charge"], "amount_cents": charged["amount_cents"]}
+
+
+@tasks.task()
+async def heartbeat_sleep(args: SleepArgs, ctx: StepContext) -> dict[str, float]:
+    """Sleeps in small slices, reporting progress through ctx.heartbeat()."""
+    slept = 0.0
+    while slept < args.seconds:
+        await asyncio.sleep(min(0.2, args.seconds - slept))
+        slept += 0.2
+        ctx.heartbeat({"slept": round(slept, 1)})
+    return {"slept": args.seconds}
+
+
 ORDER_STEPS = ("reserve_stock", "charge_card", "ship")
+COMPENSATIONS = {"reserve_stock": "release_stock", "charge_card": "refund_card"}
 
 
 def order_job(
-    order_id: str, *, fail_rate: float = 0.0, work_s: float = 0.0, max_attempts: int | None = None
+    order_id: str,
+    *,
+    fail_rate: float = 0.0,
+    work_s: float = 0.0,
+    max_attempts: int | None = None,
+    fail_step: str = "",
+    flaky_step: str = "",
+    flaky_until: int = 0,
 ) -> list[StepSpec]:
-    """The steps of a three-step order job."""
-    payload = {"order_id": order_id, "fail_rate": fail_rate, "work_s": work_s}
-    return [StepSpec(task=t, payload=payload, max_attempts=max_attempts) for t in ORDER_STEPS]
+    """The steps of a three-step order job; reserve and charge are undone (compensated) if
+    a later step fails or the job is cancelled."""
+    payload = {
+        "order_id": order_id,
+        "fail_rate": fail_rate,
+        "work_s": work_s,
+        "fail_step": fail_step,
+        "flaky_step": flaky_step,
+        "flaky_until": flaky_until,
+    }
+    return [
+        StepSpec(
+            task=t, payload=payload, max_attempts=max_attempts, compensation=COMPENSATIONS.get(t)
+        )
+        for t in ORDER_STEPS
+    ]

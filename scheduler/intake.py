@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -12,8 +13,9 @@ from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import is_valid_job_id, job_id_for_key, new_job_id
 from sasfleet.shared.messages.codec import DECODE_ERRORS, any_decoder, encode, submit_decoder
 from sasfleet.shared.messages.events import ErrorInfo, JobFinished
-from sasfleet.shared.messages.submit import SubmitJob
-from sasfleet.shared.state.store import NewJob, NewStep, StateStore
+from sasfleet.shared.messages.submit import StepSpec, SubmitJob
+from sasfleet.shared.state.records import CreateResult, NewJob, NewStep
+from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.statemachine import StepStatus
 
 log = logging.getLogger(__name__)
@@ -50,45 +52,66 @@ class Intake:
             job_id = await self.store.reserve_idempotency_key(
                 submit.idempotency_key, job_id, self.settings.job_ttl_s
             )
-        s = self.settings
-        job = NewJob(
-            job_id=job_id,
-            steps=[
-                NewStep(
-                    task=spec.task,
-                    pool=spec.pool or s.default_pool,
-                    payload=encode(spec.payload),
-                    max_attempts=spec.max_attempts or s.max_attempts,
-                    timeout_ms=int((spec.timeout_s or s.step_timeout_s) * 1000),
-                )
-                for spec in steps
-            ],
-            idempotency_key=submit.idempotency_key or "",
+        created = await self.accept(
+            submit,
+            steps,
+            job_id,
             reply_to=message.reply_to or "",
             correlation_id=message.correlation_id or "",
             traceparent=message.header(TRACEPARENT),
         )
-        created = await self.store.create_job(job, self.fleet.by, int(s.dispatch_timeout_s * 1000))
-        if created.created and created.order is not None:
-            self.accepted += 1
-            await self.fleet.dispatch(created.order, job.traceparent)
-        elif (
-            created.order is not None
-            and created.step_status == StepStatus.DISPATCHED
-            and created.order.attempt == 1
-        ):
-            # A redelivered or repeated submission: the first dispatch may never have been
-            # published. Publishing it again is safe: only one delivery can claim the lease.
-            await self.fleet.dispatch(created.order, job.traceparent)
-        else:
-            log.info(
-                "duplicate submission of job %s (%s)",
-                job_id,
-                created.job_status,
-                extra={"job_id": job_id},
-            )
+        if created.order is None:  # a duplicate, a delayed start, or cancelled on arrival
             await self._reply_if_finished(job_id, message)
         return Ack()
+
+    async def accept(
+        self,
+        submit: SubmitJob,
+        steps: list[StepSpec],
+        job_id: str,
+        *,
+        reply_to: str = "",
+        correlation_id: str = "",
+        traceparent: str = "",
+    ) -> CreateResult:
+        """Record a valid job and publish its first dispatch (idempotent by job id)."""
+        job = NewJob(
+            job_id=job_id,
+            steps=[new_step(spec, self.settings) for spec in steps],
+            idempotency_key=submit.idempotency_key or "",
+            reply_to=reply_to,
+            correlation_id=correlation_id,
+            traceparent=traceparent,
+            start_at_ms=self._start_at(submit),
+        )
+        created = await self.store.create_job(job, self.fleet.by)
+        if created.created:
+            self.accepted += 1
+        if created.order is None:
+            if created.start_at_ms:
+                log.info(
+                    "job %s starts at %d ms", job_id, created.start_at_ms, extra={"job_id": job_id}
+                )
+            return created
+        if created.created or (
+            created.step_status == StepStatus.DISPATCHED and created.order.attempt == 1
+        ):
+            # For a repeated submission the first dispatch may never have been published.
+            # Publishing it again is safe: only one delivery can claim the lease.
+            await self.fleet.dispatch(created.order, traceparent)
+            return created
+        log.info(
+            "duplicate submission of job %s (%s)",
+            job_id,
+            created.job_status,
+            extra={"job_id": job_id},
+        )
+        return dataclasses.replace(created, order=None)
+
+    def _start_at(self, submit: SubmitJob) -> int:
+        now = self.store.clock.now_ms()
+        delay = submit.start_delay_ms(now)
+        return now + delay if delay > 0 else 0
 
     def _job_id(self, submit: SubmitJob, message: Delivery) -> str:
         if submit.job_id:
@@ -127,6 +150,27 @@ class Intake:
                 JobFinished(job_id=job_id or "", status="failed", error=error),
             )
         return DeadLetter(reason)
+
+
+def new_step(spec: StepSpec, s: Settings) -> NewStep:
+    """A step as recorded: its own options, else the fleet's defaults."""
+    return NewStep(
+        task=spec.task,
+        pool=spec.pool or s.default_pool,
+        payload=encode(spec.payload),
+        max_attempts=spec.max_attempts or s.max_attempts,
+        max_attempts_explicit=spec.max_attempts,
+        timeout_ms=_ms(spec.timeout_s or s.step_timeout_s),
+        schedule_to_start_ms=_ms(spec.schedule_to_start_s or s.dispatch_timeout_s),
+        schedule_to_close_ms=_ms(spec.schedule_to_close_s or 0),
+        heartbeat_ms=_ms(spec.heartbeat_timeout_s or 0),
+        compensation=spec.compensation or "",
+        retry=encode(spec.retry) if spec.retry else b"",
+    )
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 def _named_job_id(message: Delivery, parse: bool) -> str | None:

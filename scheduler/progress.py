@@ -9,8 +9,9 @@ from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.messages.codec import DECODE_ERRORS, any_decoder, error_decoder, event_decoder
 from sasfleet.shared.messages.events import JobFinished
-from sasfleet.shared.state.store import DispatchOrder, Finished, StateStore
-from sasfleet.shared.statemachine import RetryPolicy
+from sasfleet.shared.state.records import DispatchOrder, Finished
+from sasfleet.shared.state.store import StateStore
+from sasfleet.shared.statemachine import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,6 @@ class Progress:
         self.settings = settings
         self.store = store
         self.fleet = fleet
-        self.retry = RetryPolicy(
-            max_attempts=settings.max_attempts,
-            initial_ms=int(settings.retry_initial_s * 1000),
-            coefficient=settings.retry_backoff,
-            max_ms=int(settings.retry_max_s * 1000),
-        )
         self.finished = 0
 
     async def handle(self, message: Delivery) -> Outcome:
@@ -45,30 +40,33 @@ class Progress:
             event = event_decoder.decode(message.body)
         except DECODE_ERRORS as exc:
             return DeadLetter(f"invalid step event: {exc}")
-        if event.step < 0 or event.attempt < 1:
-            return DeadLetter("invalid step event: negative step or attempt below 1")
-        s = self.settings
+        if event.step < 0 or event.attempt < 0:
+            return DeadLetter("invalid step event: negative step or attempt")
+        await self.advance(event.job_id, event.step, event.lease)
+        return Ack()
+
+    async def advance(self, job_id: str, step: int, lease: int) -> None:
+        """Take up the recorded outcome of ``step`` and publish what follows from it."""
         outcome = await self.store.advance(
-            event.job_id,
-            event.step,
-            event.lease,
-            self.fleet.by,
-            retry_delay_ms=self.retry.delay_ms(event.attempt),
-            dispatch_timeout_ms=int(s.dispatch_timeout_s * 1000),
-            ttl_s=s.job_ttl_s,
+            job_id, step, lease, self.fleet.by, ttl_s=self.settings.job_ttl_s
         )
         if isinstance(outcome, DispatchOrder):
             await self.fleet.dispatch(outcome)
         elif isinstance(outcome, Finished):
             self.finished += 1
+            if outcome.status == JobStatus.ESCALATED:
+                log.error(
+                    "job %s escalated: a compensation could not finish",
+                    job_id,
+                    extra={"job_id": job_id},
+                )
             await self.fleet.reply(
-                outcome.reply_to, outcome.correlation_id, job_finished(event.job_id, outcome)
+                outcome.reply_to, outcome.correlation_id, job_finished(job_id, outcome)
             )
         elif outcome is None:
             log.debug(
                 "stale or duplicate event for %s step %d",
-                event.job_id,
-                event.step,
-                extra={"job_id": event.job_id, "step": event.step},
+                job_id,
+                step,
+                extra={"job_id": job_id, "step": step},
             )
-        return Ack()

@@ -7,11 +7,14 @@ import logging
 
 from sasfleet.scheduler.intake import Intake
 from sasfleet.scheduler.progress import Progress
+from sasfleet.scheduler.timers import Timers
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import instance_id
-from sasfleet.shared.runtime import mark_ready, retry_until_up
-from sasfleet.shared.state.store import StateStore, connect_redis
+from sasfleet.shared.runtime import every, mark_ready, retry_until_up
+from sasfleet.shared.state.connection import connect_redis
+from sasfleet.shared.state.schedules import Schedules
+from sasfleet.shared.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,11 @@ class SchedulerService:
                 fleet.names.submit,
                 fleet.names.events,
             )
+            timers = Timers(s, store, fleet, progress, intake, Schedules(redis, s.prefix))
+            ticking = asyncio.create_task(every(s.timer_tick_s, stop, timers.tick))
             mark_ready(ready_file)
             await stop.wait()
+            await ticking
             log.info("scheduler %s stopping", self.instance)
             for consumer in consumers:
                 await consumer.stop()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
@@ -62,6 +65,13 @@ def _json_out(value: Any) -> None:
 @click.option("--idempotency-key", help="A key seen before returns the existing job.")
 @click.option("--max-attempts", type=click.IntRange(1, 100))
 @click.option("--timeout", "timeout_s", type=float, help="Seconds one attempt may take.")
+@click.option("--delay", "delay", help="Start later: 30s, 5m, 2h, 1d (or seconds).")
+@click.option(
+    "--at",
+    "start_at",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    help="Start at this time (UTC unless an offset is given).",
+)
 @click.option("--wait", is_flag=True, help="Wait for the end; exit 0 only if it succeeded.")
 @click.option("--wait-timeout", type=float, default=300.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -74,6 +84,8 @@ def submit(
     idempotency_key: str | None,
     max_attempts: int | None,
     timeout_s: float | None,
+    delay: str | None,
+    start_at: datetime | None,
     wait: bool,
     wait_timeout: float,
     as_json: bool,
@@ -99,8 +111,10 @@ def submit(
                     idempotency_key=idempotency_key,
                     max_attempts=max_attempts,
                     timeout_s=timeout_s,
+                    delay_s=parse_duration(delay) if delay else None,
+                    start_at=start_at.replace(tzinfo=start_at.tzinfo or UTC) if start_at else None,
                 )
-            except msgspec.ValidationError as exc:
+            except (msgspec.ValidationError, ValueError) as exc:
                 raise click.UsageError(f"invalid job: {exc}") from exc
             if not wait:
                 _json_out({"job_id": jid}) if as_json else click.echo(jid)
@@ -131,7 +145,7 @@ def submit(
 
 
 async def _with_redis(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from sasfleet.shared.state.store import connect_redis
+    from sasfleet.shared.state.connection import connect_redis
 
     redis = connect_redis(settings.redis_url.get_secret_value())
     try:
@@ -162,6 +176,105 @@ def job_show(job_id: str, as_json: bool, settings: Settings) -> None:
         _json_out(view)
     else:
         render_job(Console(), view)
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@settings_options
+def job_cancel(job_id: str, settings: Settings) -> None:
+    """Cancel JOB_ID: unstarted steps never start, a running step is asked to stop, and
+    the steps that succeeded are compensated. Exit 1 if the job had already ended."""
+    from sasfleet.shared.client import Client
+
+    async def go() -> str:
+        async with Client(settings) as client:
+            return await client.cancel(job_id)
+
+    answer = _run(go())
+    if answer == "requested":
+        click.echo(f"cancellation of {job_id} requested")
+        return
+    click.echo(f"job {job_id} is {answer}: nothing to cancel", err=True)
+    sys.exit(1)
+
+
+@main.group()
+def schedule() -> None:
+    """Periodic jobs from cron expressions (UTC); each tick fires once across schedulers."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.argument("cron")
+@click.argument("task")
+@click.option("--payload", default="null", help="JSON payload.")
+@click.option("--pool", help="Agent pool.")
+@settings_options
+def schedule_add(
+    name: str, cron: str, task: str, payload: str, pool: str | None, settings: Settings
+) -> None:
+    """Add (or replace) schedule NAME: run TASK at every tick of CRON."""
+    from sasfleet.shared.cron import next_tick_ms, validate
+    from sasfleet.shared.messages.schedule import Schedule
+    from sasfleet.shared.messages.submit import SubmitJob
+    from sasfleet.shared.state.schedules import Schedules
+
+    try:
+        validate(cron)
+        entry = Schedule(
+            name=name,
+            cron=cron,
+            job=SubmitJob(task=task, payload=msgspec.json.decode(payload), pool=pool),
+        )
+        entry = msgspec.json.decode(msgspec.json.encode(entry), type=Schedule)  # validate
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    first = next_tick_ms(cron, int(time.time() * 1000))
+    _run(_with_redis(settings, lambda r: Schedules(r, settings.prefix).add(entry, first)))
+    click.echo(f"schedule {name}: {task} at '{cron}', next {_iso(first)}")
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@settings_options
+def schedule_list(as_json: bool, settings: Settings) -> None:
+    """Every schedule and its next tick."""
+    from sasfleet.shared.state.schedules import Schedules
+
+    found = _run(_with_redis(settings, lambda r: Schedules(r, settings.prefix).all()))
+    if as_json:
+        _json_out([{"schedule": s, "next_tick_ms": t} for s, t in found])
+        return
+    for entry, tick in found:
+        click.echo(f"{entry.name}\t{entry.cron}\t{entry.job.task}\tnext {_iso(tick)}")
+
+
+@schedule.command("remove")
+@click.argument("name")
+@settings_options
+def schedule_remove(name: str, settings: Settings) -> None:
+    """Remove schedule NAME (jobs it already fired are not touched)."""
+    from sasfleet.shared.state.schedules import Schedules
+
+    if not _run(_with_redis(settings, lambda r: Schedules(r, settings.prefix).remove(name))):
+        click.echo(f"no schedule {name!r}", err=True)
+        sys.exit(1)
+    click.echo(f"schedule {name} removed")
+
+
+def _iso(ms: int | None) -> str:
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``5m``, ``2h``, ``1d``, ``250ms`` or plain seconds -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (try 30s, 5m, 2h)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 @main.command()

@@ -12,6 +12,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -31,8 +32,10 @@ from sasfleet.shared.messages.codec import (
 )
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.messages.submit import StepSpec, SubmitJob
+from sasfleet.shared.state.connection import connect_redis
 from sasfleet.shared.state.reads import JobReader
-from sasfleet.shared.state.store import StateStore, connect_redis
+from sasfleet.shared.state.records import Announce
+from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import JobView
 from sasfleet.shared.statemachine import JOB_TERMINAL
 
@@ -102,24 +105,25 @@ class Client:
         payload: Any = None,
         *,
         steps: list[StepSpec] | None = None,
-        pool: str | None = None,
         job_id: str | None = None,
         idempotency_key: str | None = None,
-        max_attempts: int | None = None,
-        timeout_s: float | None = None,
+        delay_s: float | None = None,
+        start_at: datetime | None = None,
+        **step_options: Any,
     ) -> str:
         """Submit a job (``task`` + ``payload``, or ``steps``); returns its id once the
-        broker confirmed the submission."""
+        broker confirmed the submission. ``step_options`` are the one-step job's
+        :class:`StepOptions` (``pool``, ``max_attempts``, ``retry``, ``timeout_s``, ...)."""
         return await self.submit_job(
             SubmitJob(
                 task=task,
                 payload=payload,
                 steps=steps,
-                pool=pool,
                 job_id=job_id,
                 idempotency_key=idempotency_key,
-                max_attempts=max_attempts,
-                timeout_s=timeout_s,
+                delay_s=delay_s,
+                start_at=start_at,
+                **step_options,
             )
         )
 
@@ -165,6 +169,22 @@ class Client:
                 waiters.remove(future)
             if not waiters:
                 self._waiters.pop(job_id, None)
+
+    async def cancel(self, job_id: str) -> str:
+        """Ask a job to stop: steps not yet started never start, a running step's handler
+        is cancelled (cooperatively), and the steps that succeeded are compensated; the job
+        ends CANCELLED. Returns what the job was doing ("requested"), or its final status
+        if it had already ended."""
+        result = await self._store.cancel(
+            job_id,
+            self.by,
+            announce_after_ms=int(self.settings.advance_grace_s * 1000),
+            ttl_s=self.settings.job_ttl_s,
+        )
+        if isinstance(result, Announce):
+            await self._fleet.announce(job_id, result.step, result.attempt, result.lease)
+            return "requested"
+        return result if result in JOB_TERMINAL else "requested"
 
     async def get(self, job_id: str) -> JobView | None:
         """The job's full document (status, steps, history), or None."""

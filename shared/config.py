@@ -47,13 +47,17 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(2.0, ge=1, description="Retry delay multiplier per attempt.")
     retry_max_s: float = Field(30.0, ge=0, description="Longest retry delay.")
     advance_grace_s: float = Field(
-        30.0,
+        5.0,
         gt=0,
         description="How long a recorded outcome may wait for the scheduler before the "
         "supervisor re-announces it.",
     )
     heartbeat_s: float = Field(2.0, gt=0, description="Agent heartbeat interval.")
     supervisor_tick_s: float = Field(0.5, gt=0, description="Supervisor deadline scan interval.")
+    timer_tick_s: float = Field(0.1, gt=0, description="Scheduler timer scan interval.")
+    escalation_webhook: str = Field(
+        "", description="URL the supervisor POSTs escalated jobs to (empty: none)."
+    )
     scan_batch: int = Field(200, gt=0, description="Overdue entries the supervisor takes a tick.")
     scheduler_prefetch: int = Field(256, gt=0, description="Unacked messages per scheduler queue.")
     job_ttl_s: int = Field(

@@ -48,3 +48,11 @@ class NonRetryableError(TaskError):
 
 class InvalidPayload(NonRetryableError):
     """The payload does not match the handler's declared type."""
+
+
+class RetryAfter(TaskError):
+    """The handler asks to be retried after a delay."""
+
+    def __init__(self, delay_s: float, message: str | None = None) -> None:
+        super().__init__(message or f"retry requested in {delay_s} s")
+        self.delay_s = delay_s

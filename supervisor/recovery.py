@@ -6,7 +6,8 @@ import logging
 
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
-from sasfleet.shared.state.store import Announce, DispatchOrder, StateStore
+from sasfleet.shared.state.records import Announce, DispatchOrder
+from sasfleet.shared.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ class Recovery:
             job_id,
             step,
             self.fleet.by,
-            dispatch_timeout_ms=int(s.dispatch_timeout_s * 1000),
             announce_after_ms=int(s.advance_grace_s * 1000),
         )
         # If this process dies before the publish below, the deadline that the script just

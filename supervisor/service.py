@@ -9,7 +9,10 @@ from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import instance_id
 from sasfleet.shared.runtime import every, mark_ready, retry_until_up
-from sasfleet.shared.state.store import StateStore, connect_redis
+from sasfleet.shared.state.connection import connect_redis
+from sasfleet.shared.state.reads import JobReader
+from sasfleet.shared.state.store import StateStore
+from sasfleet.supervisor.escalation import Escalations
 from sasfleet.supervisor.recovery import Recovery
 from sasfleet.supervisor.scan import DeadlineScan
 
@@ -33,8 +36,14 @@ class SupervisorService:
         try:
             scan = DeadlineScan(store, Recovery(s, store, fleet), s.scan_batch)
             log.info("supervisor %s scanning every %.2fs", self.instance, s.supervisor_tick_s)
+            escalations = Escalations(
+                store, JobReader(redis, s.prefix), s.escalation_webhook, self.instance
+            )
             mark_ready(ready_file)
-            await every(s.supervisor_tick_s, stop, scan.tick)
+            await asyncio.gather(
+                every(s.supervisor_tick_s, stop, scan.tick),
+                every(1.0, stop, escalations.tick),
+            )
         finally:
             await fleet.close()
             await redis.aclose()

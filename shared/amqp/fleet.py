@@ -19,10 +19,10 @@ from sasfleet.shared.amqp.consumer import Consumer, Delivery, Handler
 from sasfleet.shared.amqp.publisher import Publisher
 from sasfleet.shared.amqp.topology import Names, Topology
 from sasfleet.shared.errors import PublishFailed
-from sasfleet.shared.messages.codec import encode
+from sasfleet.shared.messages.codec import encode, retry_decoder
 from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import JobFinished, StepRecorded
-from sasfleet.shared.state.store import DispatchOrder
+from sasfleet.shared.state.records import DispatchOrder
 
 TRACEPARENT = "traceparent"
 
@@ -96,6 +96,10 @@ class FleetChannel:
             idempotency_key=f"{order.job_id}:{order.step}",
             timeout_ms=order.timeout_ms,
             payload=msgspec.Raw(order.payload),
+            compensates=order.compensates,
+            max_attempts=order.max_attempts,
+            retry=retry_decoder.decode(order.retry) if order.retry else None,
+            heartbeat_timeout_ms=order.heartbeat_ms,
         )
         await publisher.publish(
             encode(message),

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import msgspec
 
+from sasfleet.shared.messages.submit import RetrySpec
+
 
 class StepDispatch(msgspec.Struct, frozen=True, kw_only=True, tag="dispatch", tag_field="kind"):
-    """One attempt of a step. Only the holder of ``lease`` may change the step."""
+    """One attempt of a step. Only the holder of ``lease`` may change the step.
+
+    ``compensates`` names the forward step a compensation undoes. ``max_attempts`` and
+    ``retry`` are the step's own choices (None: the task's defaults, else the fleet's).
+    """
 
     job_id: str
     step: int
@@ -16,3 +22,7 @@ class StepDispatch(msgspec.Struct, frozen=True, kw_only=True, tag="dispatch", ta
     idempotency_key: str
     timeout_ms: int
     payload: msgspec.Raw
+    compensates: int | None = None
+    max_attempts: int | None = None
+    retry: RetrySpec | None = None
+    heartbeat_timeout_ms: int = 0

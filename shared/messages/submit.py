@@ -8,6 +8,7 @@ typo is an error instead of a silently ignored option.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -62,35 +63,75 @@ IdempotencyKey = Annotated[
     ),
 ]
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=100, description="Attempts for the step.")]
+_WEEK = 7 * 24 * 3600
 TimeoutSeconds = Annotated[
-    float,
-    msgspec.Meta(gt=0, le=7 * 24 * 3600, description="Start-to-close timeout of one attempt."),
+    float, msgspec.Meta(gt=0, le=_WEEK, description="Start-to-close timeout of one attempt.")
 ]
+ScheduleToStart = Annotated[
+    float,
+    msgspec.Meta(gt=0, le=_WEEK, description="How long a dispatch may wait for an agent."),
+]
+ScheduleToClose = Annotated[
+    float,
+    msgspec.Meta(gt=0, le=_WEEK, description="Time limit of the step across all attempts."),
+]
+HeartbeatTimeout = Annotated[
+    float,
+    msgspec.Meta(
+        gt=0, le=_WEEK, description="Longest silence between a handler's ctx.heartbeat() calls."
+    ),
+]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=_WEEK)]
 
 
-class StepSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One step of a job: a call of a named task with a payload."""
+class RetrySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Backoff between attempts: ``initial_interval_s * backoff_coefficient**(n-1)``, capped
+    at ``max_interval_s``, spread by ``jitter`` (0..1, a fraction of the delay). Errors whose
+    type name is listed in ``non_retryable_errors`` end the step at once."""
+
+    initial_interval_s: Seconds | None = None
+    backoff_coefficient: Annotated[float, msgspec.Meta(ge=1, le=100)] | None = None
+    max_interval_s: Seconds | None = None
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    non_retryable_errors: Annotated[list[str], msgspec.Meta(max_length=50)] | None = None
+
+
+class StepOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a step is run: pool, attempts, retry policy and timeouts (all optional)."""
+
+    pool: PoolName | None = None
+    max_attempts: Attempts | None = None
+    retry: RetrySpec | None = None
+    timeout_s: TimeoutSeconds | None = None
+    schedule_to_start_s: ScheduleToStart | None = None
+    schedule_to_close_s: ScheduleToClose | None = None
+    heartbeat_timeout_s: HeartbeatTimeout | None = None
+
+
+class StepSpec(StepOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One step of a job: a call of a named task with a payload, and optionally the task
+    that undoes it (``compensation``) when a later step fails or the job is cancelled."""
 
     task: TaskName
     payload: Any = None
-    pool: PoolName | None = None
-    max_attempts: Attempts | None = None
-    timeout_s: TimeoutSeconds | None = None
+    compensation: TaskName | None = None
 
     def __post_init__(self) -> None:
         _full(_NAME, self.task, "task name")
+        _full(_NAME, self.compensation, "compensation task name")
         _full(_POOL, self.pool, "pool name")
 
 
 class SubmitJob(
-    msgspec.Struct,
+    StepOptions,
     frozen=True,
     kw_only=True,
     forbid_unknown_fields=True,
     tag="submit",
     tag_field="kind",
 ):
-    """A job submission. Give either ``task`` (a one-step job) or ``steps``.
+    """A job submission. Give either ``task`` (a one-step job, with the step options at the
+    top level) or ``steps``. ``delay_s`` or ``start_at`` hold the start back.
 
     The ``kind`` tag is optional on the wire; ``v`` is the schema version.
     """
@@ -100,10 +141,14 @@ class SubmitJob(
     idempotency_key: IdempotencyKey | None = None
     task: TaskName | None = None
     payload: Any = None
-    pool: PoolName | None = None
-    max_attempts: Attempts | None = None
-    timeout_s: TimeoutSeconds | None = None
     steps: Annotated[list[StepSpec], msgspec.Meta(min_length=1, max_length=100)] | None = None
+    delay_s: Annotated[float, msgspec.Meta(gt=0, le=366 * 24 * 3600)] | None = None
+    start_at: (
+        Annotated[
+            datetime, msgspec.Meta(tz=True, description="Start no earlier than this (RFC 3339).")
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         _full(_NAME, self.task, "task name")
@@ -112,22 +157,26 @@ class SubmitJob(
 
     def step_specs(self) -> list[StepSpec]:
         """The steps, with the one-step shorthand expanded. Raises ValueError when invalid."""
+        options = {f: getattr(self, f) for f in StepOptions.__struct_fields__}
+        if self.delay_s is not None and self.start_at is not None:
+            raise ValueError("give `delay_s` or `start_at`, not both")
         if self.steps is not None:
-            shorthand = (self.task, self.payload, self.pool, self.max_attempts, self.timeout_s)
-            if any(v is not None for v in shorthand):
+            given = [f for f, v in options.items() if v is not None]
+            if self.task is not None or self.payload is not None or given:
                 raise ValueError(
-                    "with `steps`, give `task`, `payload`, `pool`, `max_attempts` and "
-                    "`timeout_s` on each step, not at the top level"
+                    "with `steps`, give `task`, `payload` and step options "
+                    f"({', '.join(given or ['pool', 'max_attempts', '...'])}) on each step, "
+                    "not at the top level"
                 )
             return list(self.steps)
         if self.task is None:
             raise ValueError("a job needs `task` or `steps`")
-        return [
-            StepSpec(
-                task=self.task,
-                payload=self.payload,
-                pool=self.pool,
-                max_attempts=self.max_attempts,
-                timeout_s=self.timeout_s,
-            )
-        ]
+        return [StepSpec(task=self.task, payload=self.payload, **options)]
+
+    def start_delay_ms(self, now_ms: int) -> int:
+        """How long after ``now_ms`` the job may start (0: at once)."""
+        if self.delay_s is not None:
+            return int(self.delay_s * 1000)
+        if self.start_at is not None:
+            return max(0, int(self.start_at.timestamp() * 1000) - now_ms)
+        return 0

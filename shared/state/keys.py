@@ -27,6 +27,10 @@ class Keys:
     def history(self, job_id: str) -> str:
         return f"{self.prefix}:{{{job_id}}}:history"
 
+    def cancel_marker(self, job_id: str) -> str:
+        """Set when a job is cancelled before its submission was recorded."""
+        return f"{self.prefix}:{{{job_id}}}:cancel"
+
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
 
@@ -34,6 +38,26 @@ class Keys:
     def deadlines(self) -> str:
         """Sorted set: member ``job_id|step``, score = when the step needs attention (ms)."""
         return f"{self.prefix}:deadlines"
+
+    @property
+    def timers(self) -> str:
+        """Sorted set: member ``job_id|step``, score = when a retry or delayed start is due."""
+        return f"{self.prefix}:timers"
+
+    @property
+    def escalations(self) -> str:
+        """Sorted set of escalated job ids a supervisor has yet to report (score: when)."""
+        return f"{self.prefix}:escalations"
+
+    @property
+    def schedules(self) -> str:
+        """Hash: schedule name -> its definition (JSON)."""
+        return f"{self.prefix}:schedules"
+
+    @property
+    def cron(self) -> str:
+        """Sorted set: schedule name, score = its next tick (ms)."""
+        return f"{self.prefix}:cron"
 
     @property
     def jobs(self) -> str:

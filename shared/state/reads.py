@@ -48,6 +48,8 @@ def _step(h: dict[str, str]) -> StepView:
         result=_json(h.get("result")),
         error=_json(h.get("error")),
         locked_by=h.get("locked_by") or None,
+        compensates=_int(h.get("compensates")),
+        progress=_json(h.get("progress")),
         dispatched_at=_int(h.get("dispatched_at")),
         started_at=_int(h.get("started_at")),
         finished_at=_int(h.get("finished_at")),
@@ -67,7 +69,8 @@ class JobReader:
         job = cast(dict[str, str], await self.redis.hgetall(k.job(job_id)))
         if not job:
             return None
-        nsteps = int(job.get("nsteps", 0))
+        # Forward steps are 0..n-1; the compensation of step i, if it ran, is step n+i.
+        nsteps = 2 * int(job.get("nsteps", 0))
         async with self.redis.pipeline(transaction=False) as pipe:
             for i in range(nsteps):
                 pipe.hgetall(k.step(job_id, i))

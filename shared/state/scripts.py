@@ -15,4 +15,15 @@ def script_source(name: str) -> str:
     return f"{lib}\n{body}"
 
 
-SCRIPT_NAMES = ("create_job", "fail_submission", "claim", "renew", "record", "advance", "recover")
+SCRIPT_NAMES = (
+    "create_job",
+    "fail_submission",
+    "claim",
+    "renew",
+    "record",
+    "advance",
+    "recover",
+    "fire_timer",
+    "cancel",
+    "claim_due",
+)

@@ -6,19 +6,23 @@ and appends to the job's history in the same atomic step. No read-modify-write i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sasfleet.shared.clock import Clock, SystemClock
-from sasfleet.shared.messages.codec import encode
+from sasfleet.shared.messages.codec import any_decoder, encode
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.state.keys import Keys, deadline_member
+from sasfleet.shared.state.records import (
+    AdvanceResult,
+    Announce,
+    CreateResult,
+    DispatchOrder,
+    Finished,
+    NewJob,
+    RecoverResult,
+)
 from sasfleet.shared.state.scripts import SCRIPT_NAMES, script_source
 from sasfleet.shared.statemachine import (
     JOB_TERMINAL,
@@ -37,93 +41,14 @@ _CLAIM_FROM = _csv(step_sources(Move.CLAIM))
 _SUCCEED_FROM = _csv(step_sources(Move.SUCCEED))
 _FAIL_FROM = _csv(step_sources(Move.FAIL))
 _REDISPATCH_FROM = _csv(step_sources(Move.REDISPATCH))
+_RENEW_FROM = _csv(frozenset({StepStatus.RUNNING}))
 _RECORDED = _csv(STEP_TERMINAL)
 
-
-@dataclass(frozen=True, slots=True)
-class NewStep:
-    task: str
-    pool: str
-    payload: bytes  # JSON
-    max_attempts: int
-    timeout_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    job_id: str
-    steps: list[NewStep]
-    idempotency_key: str = ""
-    reply_to: str = ""
-    correlation_id: str = ""
-    traceparent: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchOrder:
-    """What to publish to an agent pool for one attempt of one step."""
-
-    job_id: str
-    step: int
-    lease: int
-    attempt: int
-    task: str
-    pool: str
-    payload: str
-    timeout_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class CreateResult:
-    created: bool
-    job_status: str
-    step_status: str
-    order: DispatchOrder | None  # the current step's dispatch; None when the job has none
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """A job reached a terminal state (now, or before this duplicate announcement)."""
-
-    status: str
-    reply_to: str
-    correlation_id: str
-    result: str  # JSON or ""
-    error: str  # JSON or ""
-
-
-@dataclass(frozen=True, slots=True)
-class Announce:
-    """A recorded outcome (or a final timeout) that the scheduler must take up."""
-
-    attempt: int
-    lease: int
-
-
-AdvanceResult = DispatchOrder | Finished | int | None  # int: retry due (ms); None: stale
-RecoverResult = DispatchOrder | Announce | None  # None: nothing to do
-
-
-def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
-    """A Redis client that retries briefly on connection errors (Redis restarts, failovers).
-
-    The pool blocks callers when all connections are busy instead of failing, so a burst of
-    concurrent calls queues up rather than raising "Too many connections".
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=30,
-        decode_responses=True,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=30,
-    )
-    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
+RENEWED, LEASE_LOST, CANCEL_REQUESTED = 1, 0, 2
 
 
 class StateStore:
-    """Typed access to job, step and agent state in Redis, under one fleet prefix."""
+    """Typed access to job and step state in Redis, under one fleet prefix."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, clock: Clock | None = None) -> None:
         self.redis = redis
@@ -134,11 +59,9 @@ class StateStore:
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self._scripts[name](keys=keys, args=args)
 
-    def _order(self, job_id: str, reply: list[Any]) -> DispatchOrder:
-        _kind, lease, attempt, task, pool, payload, timeout_ms, step = reply
-        return DispatchOrder(
-            job_id, int(step), int(lease), int(attempt), task, pool, payload, int(timeout_ms)
-        )
+    def _step_keys(self, job_id: str, step: int) -> list[str]:
+        k = self.keys
+        return [k.job(job_id), k.step(job_id, step), k.history(job_id), k.deadlines]
 
     async def reserve_idempotency_key(self, key: str, job_id: str, ttl_s: int) -> str:
         """Bind ``key`` to ``job_id`` unless it is bound already; returns the bound job id."""
@@ -148,36 +71,45 @@ class StateStore:
         existing = await self.redis.get(rkey)
         return str(existing) if existing is not None else job_id
 
-    async def create_job(self, job: NewJob, by: str, dispatch_timeout_ms: int) -> CreateResult:
-        """Record a job and dispatch its first step; an existing id returns the existing job."""
-        k, now = self.keys, self.clock.now_ms()
+    async def create_job(self, job: NewJob, by: str) -> CreateResult:
+        """Record a job and dispatch its first step (or set its start timer); an existing
+        id returns the existing job."""
+        k, now, jid = self.keys, self.clock.now_ms(), job.job_id
         args: list[Any] = [
-            job.job_id,
+            jid,
             now,
             by,
-            k.step_prefix(job.job_id),
-            now + dispatch_timeout_ms,
+            k.step_prefix(jid),
             job.idempotency_key,
             job.reply_to,
             job.correlation_id,
             job.traceparent,
+            job.start_at_ms,
             len(job.steps),
+            *(s.fields() for s in job.steps),
         ]
-        for s in job.steps:
-            args += [s.task, s.pool, s.payload, s.max_attempts, s.timeout_ms]
         keys = [
-            k.job(job.job_id),
-            k.history(job.job_id),
+            k.job(jid),
+            k.history(jid),
             k.jobs,
             k.deadlines,
-            k.step(job.job_id, 0),
+            k.timers,
+            k.step(jid, 0),
+            k.cancel_marker(jid),
         ]
         reply = await self._run("create_job", keys, args)
         if reply[0] == "created":
-            return CreateResult(True, "running", "dispatched", self._order(job.job_id, reply))
+            return CreateResult(True, "running", "dispatched", DispatchOrder.from_reply(jid, reply))
+        if reply[0] == "cancelled":
+            return CreateResult(True, "cancelled", "pending", None)
+        if reply[0] == "scheduled":
+            return CreateResult(True, "pending", "pending", None, int(reply[1]))
         _, job_status, _current, step_status, order = reply
         return CreateResult(
-            False, job_status, step_status or "", self._order(job.job_id, order) if order else None
+            False,
+            job_status,
+            step_status or "",
+            DispatchOrder.from_reply(jid, order) if order else None,
         )
 
     async def fail_submission(
@@ -198,11 +130,9 @@ class StateStore:
         )
         return bool(reply)
 
-    def _step_keys(self, job_id: str, step: int) -> list[str]:
-        k = self.keys
-        return [k.job(job_id), k.step(job_id, step), k.history(job_id), k.deadlines]
-
-    async def claim(self, job_id: str, step: int, lease: int, agent: str, lease_ms: int) -> bool:
+    async def claim(
+        self, job_id: str, step: int, lease: int, agent: str, lease_ms: int, max_attempts: int
+    ) -> bool:
         """DISPATCHED -> RUNNING for the holder of ``lease``; False (recorded) otherwise."""
         reply = await self._run(
             "claim",
@@ -215,25 +145,29 @@ class StateStore:
                 lease_ms,
                 _CLAIM_FROM,
                 step,
+                max_attempts,
             ],
         )
         return bool(reply[0] == "ok")
 
-    async def renew(self, job_id: str, step: int, lease: int, lease_ms: int) -> bool:
-        """Extend a running step's lease; False when the lease was taken over."""
+    async def renew(
+        self, job_id: str, step: int, lease: int, lease_ms: int, progress: bytes = b""
+    ) -> int:
+        """Extend a running step's lease: RENEWED, LEASE_LOST, or CANCEL_REQUESTED."""
         k = self.keys
         reply = await self._run(
             "renew",
-            [k.step(job_id, step), k.deadlines],
+            [k.step(job_id, step), k.deadlines, k.job(job_id)],
             [
                 deadline_member(job_id, step),
                 lease,
                 self.clock.now_ms(),
                 lease_ms,
-                _csv(frozenset({StepStatus.RUNNING})),
+                _RENEW_FROM,
+                progress,
             ],
         )
-        return bool(reply)
+        return int(reply)
 
     async def lease_is_current(self, job_id: str, step: int, lease: int) -> bool:
         """Whether ``lease`` still holds the step (ask before an irreversible act)."""
@@ -249,9 +183,11 @@ class StateStore:
         *,
         result: bytes | None = None,
         error: ErrorInfo | None = None,
+        retry_delay_ms: int | None,
         announce_after_ms: int,
     ) -> bool:
-        """Record an attempt's outcome (error given: FAILED, else SUCCEEDED).
+        """Record an attempt's outcome (error given: FAILED, else SUCCEEDED), with the delay
+        before the next attempt (None: no further attempt).
 
         Returns False when the lease is no longer current: the result is rejected as stale
         and the rejection is written to the job's history.
@@ -273,47 +209,32 @@ class StateStore:
                 now + announce_after_ms,
                 _SUCCEED_FROM if succeeded else _FAIL_FROM,
                 step,
+                -1 if retry_delay_ms is None else retry_delay_ms,
             ],
         )
         return bool(reply[0] == "ok")
 
     async def advance(
-        self,
-        job_id: str,
-        step: int,
-        lease: int,
-        by: str,
-        *,
-        retry_delay_ms: int,
-        dispatch_timeout_ms: int,
-        ttl_s: int,
+        self, job_id: str, step: int, lease: int, by: str, *, ttl_s: int
     ) -> AdvanceResult:
-        """Take up a recorded outcome: dispatch the next step, wait to retry, or end the job."""
-        k, now = self.keys, self.clock.now_ms()
+        """Take up a recorded outcome: dispatch the next step or a compensation, wait to
+        retry, or end the job."""
+        k = self.keys
         reply = await self._run(
             "advance",
             [
                 k.job(job_id),
                 k.step(job_id, step),
-                k.step(job_id, step + 1),
                 k.history(job_id),
                 k.deadlines,
+                k.timers,
+                k.escalations,
             ],
-            [
-                job_id,
-                step,
-                lease,
-                by,
-                now,
-                retry_delay_ms,
-                now + dispatch_timeout_ms,
-                ttl_s,
-                k.step_prefix(job_id),
-            ],
+            [job_id, step, lease, by, self.clock.now_ms(), ttl_s, k.step_prefix(job_id)],
         )
         kind = reply[0]
         if kind == "dispatch":
-            return self._order(job_id, reply)
+            return DispatchOrder.from_reply(job_id, reply)
         if kind == "finished":
             return Finished(*reply[1:6])
         if kind == "retry_later":
@@ -331,13 +252,20 @@ class StateStore:
 
     async def due(self, limit: int) -> list[str]:
         """Deadline members (``job_id|step``) that are due now, oldest first."""
+        return await self._due(self.keys.deadlines, limit)
+
+    async def timers_due(self, limit: int) -> list[str]:
+        """Timer members (``job_id|step``: retry backoffs, delayed starts) due now."""
+        return await self._due(self.keys.timers, limit)
+
+    async def _due(self, key: str, limit: int) -> list[str]:
         members = await self.redis.zrangebyscore(
-            self.keys.deadlines, "-inf", self.clock.now_ms(), start=0, num=limit
+            key, "-inf", self.clock.now_ms(), start=0, num=limit
         )
         return [str(m) for m in members]
 
     async def recover(
-        self, job_id: str, step: int, by: str, *, dispatch_timeout_ms: int, announce_after_ms: int
+        self, job_id: str, step: int, by: str, *, announce_after_ms: int
     ) -> RecoverResult:
         """Claim one overdue deadline atomically and apply the recovery it calls for."""
         now = self.clock.now_ms()
@@ -348,7 +276,6 @@ class StateStore:
                 deadline_member(job_id, step),
                 now,
                 by,
-                now + dispatch_timeout_ms,
                 now + announce_after_ms,
                 _REDISPATCH_FROM,
                 _RECORDED,
@@ -356,7 +283,63 @@ class StateStore:
             ],
         )
         if reply[0] == "dispatch":
-            return self._order(job_id, reply)
+            return DispatchOrder.from_reply(job_id, reply)
         if reply[0] == "announce":
-            return Announce(int(reply[1]), int(reply[2]))
+            return Announce(step, int(reply[1]), int(reply[2]))
         return None
+
+    async def fire_timer(
+        self, job_id: str, step: int, by: str, *, announce_after_ms: int
+    ) -> RecoverResult:
+        """Claim one due timer atomically: dispatch the retry or the delayed start."""
+        k, now = self.keys, self.clock.now_ms()
+        reply = await self._run(
+            "fire_timer",
+            [*self._step_keys(job_id, step), k.timers],
+            [deadline_member(job_id, step), now, by, step, now + announce_after_ms],
+        )
+        if reply[0] == "dispatch":
+            return DispatchOrder.from_reply(job_id, reply)
+        if reply[0] == "announce":
+            return Announce(step, int(reply[1]), int(reply[2]))
+        return None
+
+    async def cancel(
+        self, job_id: str, by: str, *, announce_after_ms: int, ttl_s: int
+    ) -> Announce | str:
+        """Ask a job to stop. Returns the step to announce when one was stopped before it
+        ran, else what the job is doing ("running" step, "compensating", "unknown": not
+        recorded yet, it will be cancelled on arrival; or a final status)."""
+        k, now = self.keys, self.clock.now_ms()
+        reply = await self._run(
+            "cancel",
+            [k.job(job_id), k.history(job_id), k.deadlines, k.timers, k.cancel_marker(job_id)],
+            [job_id, now, by, k.step_prefix(job_id), now + announce_after_ms, ttl_s],
+        )
+        if reply[0] == "announce":
+            return Announce(int(reply[1]), int(reply[2]), int(reply[3]))
+        return str(reply[1])
+
+    async def claim_escalations(self, limit: int, retry_after_ms: int) -> list[str]:
+        """Escalated jobs to report now. Each is claimed for ``retry_after_ms`` (so one
+        supervisor reports it); call :meth:`escalation_reported` when done."""
+        now = self.clock.now_ms()
+        due = await self._due(self.keys.escalations, limit)
+        claimed = []
+        for job_id in due:
+            if await self._run(
+                "claim_due", [self.keys.escalations], [job_id, now, now + retry_after_ms]
+            ):
+                claimed.append(job_id)
+        return claimed
+
+    async def escalation_reported(self, job_id: str) -> None:
+        await self.redis.zrem(self.keys.escalations, job_id)
+
+    async def step_results(self, job_id: str, steps: range) -> list[Any]:
+        """The recorded results (decoded JSON, None where none) of ``steps``."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i in steps:
+                pipe.hget(self.keys.step(job_id, i), "result")
+            raws = await pipe.execute()
+        return [any_decoder.decode(r) if r else None for r in raws]

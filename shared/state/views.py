@@ -34,6 +34,8 @@ class StepView(msgspec.Struct, frozen=True, kw_only=True):
     result: Any = None
     error: Any = None
     locked_by: str | None = None
+    compensates: int | None = None  # set on a compensation: the step it undoes
+    progress: Any = None  # the handler's last ctx.heartbeat() details
     dispatched_at: int | None = None
     started_at: int | None = None
     finished_at: int | None = None

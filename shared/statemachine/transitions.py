@@ -15,8 +15,10 @@ class Move(StrEnum):
     SUCCEED = "succeed"  # agent: handler returned
     FAIL = "fail"  # agent: handler raised (or the step cannot run)
     RETRY_LATER = "retry_later"  # scheduler: a failed attempt waits for its backoff
-    REDISPATCH = "redispatch"  # supervisor: timeout, dead agent, or retry timer due
-    TIMEOUT_FAIL = "timeout_fail"  # supervisor: deadline passed, no attempts left
+    RETRY = "retry"  # scheduler: the backoff timer fired (or schedule-to-close ran out)
+    REDISPATCH = "redispatch"  # supervisor: lease expired or never claimed, attempts left
+    TIMEOUT_FAIL = "timeout_fail"  # supervisor: deadline passed, no attempts (or time) left
+    CANCEL = "cancel"  # client: the job is cancelled before the step ran
 
 
 _S = StepStatus
@@ -26,16 +28,22 @@ STEP_MOVES: dict[Move, tuple[frozenset[StepStatus], StepStatus]] = {
     Move.SUCCEED: (frozenset({_S.RUNNING}), _S.SUCCEEDED),
     Move.FAIL: (frozenset({_S.RUNNING, _S.DISPATCHED}), _S.FAILED),
     Move.RETRY_LATER: (frozenset({_S.FAILED}), _S.WAITING_RETRY),
-    Move.REDISPATCH: (frozenset({_S.DISPATCHED, _S.RUNNING, _S.WAITING_RETRY}), _S.DISPATCHED),
+    Move.RETRY: (frozenset({_S.WAITING_RETRY}), _S.DISPATCHED),
+    Move.REDISPATCH: (frozenset({_S.DISPATCHED, _S.RUNNING}), _S.DISPATCHED),
     Move.TIMEOUT_FAIL: (frozenset({_S.DISPATCHED, _S.RUNNING}), _S.FAILED),
+    Move.CANCEL: (frozenset({_S.PENDING, _S.DISPATCHED, _S.WAITING_RETRY}), _S.FAILED),
 }
 
 _J = JobStatus
-# Job moves by the event that causes them. Compensation and cancellation join in later.
+# Job moves by the event that causes them (decided inside advance.lua / fire_timer.lua).
 JOB_MOVES: dict[str, tuple[frozenset[JobStatus], JobStatus]] = {
     "start": (frozenset({_J.PENDING}), _J.RUNNING),
     "succeed": (frozenset({_J.RUNNING}), _J.SUCCEEDED),
-    "fail": (frozenset({_J.PENDING, _J.RUNNING}), _J.FAILED),
+    "fail": (frozenset({_J.PENDING, _J.RUNNING}), _J.FAILED),  # nothing to compensate
+    "compensate": (frozenset({_J.RUNNING}), _J.COMPENSATING),
+    "compensated": (frozenset({_J.COMPENSATING}), _J.COMPENSATED),
+    "escalate": (frozenset({_J.COMPENSATING}), _J.ESCALATED),  # a compensation failed
+    "cancel": (frozenset({_J.PENDING, _J.RUNNING, _J.COMPENSATING}), _J.CANCELLED),
 }
 
 

@@ -72,7 +72,13 @@ async def run_demo(
     settings: Settings, jobs: int, agents: int, concurrency: int, kill_at: float, console: Console
 ) -> bool:
     fleet = LocalFleet(
-        settings, env={"SASFLEET_LEASE_S": "2", "SASFLEET_RETRY_INITIAL_S": "0.1"}, cwd=Path.cwd()
+        settings,
+        env={
+            "SASFLEET_LEASE_S": "2",
+            "SASFLEET_RETRY_INITIAL_S": "0.1",
+            "SASFLEET_ADVANCE_GRACE_S": "2",
+        },
+        cwd=Path.cwd(),
     )
     console.print(
         f"[bold]SAS Fleet demo[/bold] prefix [cyan]{settings.prefix}[/cyan], "

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sasfleet.shared.amqp.connection import connect
 from sasfleet.shared.amqp.topology import Names
 from sasfleet.shared.config import Settings
+from sasfleet.shared.state.connection import connect_redis
 from sasfleet.shared.state.keys import Keys
-from sasfleet.shared.state.store import connect_redis
 
 
 async def purge_fleet(

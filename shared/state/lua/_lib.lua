@@ -16,27 +16,48 @@ local function allowed(csv, status)
   return false
 end
 
--- Dispatch attempt `attempt` of a step: a new lease token (it only grows within the job).
-local function dispatch(job, step, index, attempt, now, deadline, member, deadlines)
+-- Dispatch attempt `attempt` of a step: a new lease token (it only grows within the job),
+-- and a deadline for the supervisor: schedule-to-start, never past schedule-to-close.
+local function dispatch(job, step, attempt, now, member, deadlines)
   local lease = redis.call('HINCRBY', job, 'lease_seq', 1)
+  local f = redis.call('HMGET', step, 's2s_ms', 's2c_ms', 'close_by')
+  local deadline = now + tonumber(f[1])
+  local close_by = tonumber(f[3] or '')
+  if not close_by and tonumber(f[2]) > 0 then
+    close_by = now + tonumber(f[2])
+    redis.call('HSET', step, 'close_by', close_by)
+  end
+  if close_by then deadline = math.min(deadline, close_by) end
   redis.call('HSET', step, 'status', 'dispatched', 'attempt', attempt, 'lease', lease,
     'dispatched_at', now, 'complete_by', deadline)
-  redis.call('HDEL', step, 'locked_by', 'started_at', 'attempt_deadline', 'finished_at')
+  redis.call('HDEL', step, 'locked_by', 'started_at', 'attempt_deadline', 'finished_at',
+    'retry_delay_ms', 'error', 'progress')
   redis.call('ZADD', deadlines, deadline, member)
   return lease
 end
 
--- What the dispatching service needs to publish a step: {lease, attempt, task, pool, payload, timeout_ms}
+-- What the dispatching service publishes for a step:
+-- {kind, lease, attempt, task, pool, payload, timeout_ms, index, compensates, max_attempts
+--  (when the step chose it), retry (JSON), heartbeat_ms}
 local function dispatch_reply(kind, step, index)
-  local f = redis.call('HMGET', step, 'lease', 'attempt', 'task', 'pool', 'payload', 'timeout_ms')
-  return {kind, tonumber(f[1]), tonumber(f[2]), f[3], f[4], f[5], tonumber(f[6]), index}
+  local f = redis.call('HMGET', step, 'lease', 'attempt', 'task', 'pool', 'payload',
+    'timeout_ms', 'compensates', 'max_explicit', 'retry', 'hb_ms')
+  return {kind, tonumber(f[1]), tonumber(f[2]), f[3], f[4], f[5], tonumber(f[6]), index,
+    f[7] or '', f[8] or '', f[9] or '', tonumber(f[10] or '0')}
 end
 
--- Expire every key of a finished job.
+-- Fail a step on the spot (timeouts, cancellation); the scheduler then advances the job.
+local function fail_step(step, now, err_type, message)
+  redis.call('HSET', step, 'status', 'failed', 'finished_at', now, 'retry_delay_ms', -1,
+    'error', cjson.encode({type = err_type, message = message, retryable = false}))
+  redis.call('HDEL', step, 'locked_by')
+end
+
+-- Expire every key of a finished job (forward steps 0..n-1 and compensations n..2n-1).
 local function expire_job(job, hist, step_prefix, nsteps, ttl)
   redis.call('EXPIRE', job, ttl)
   redis.call('EXPIRE', hist, ttl)
-  for i = 0, nsteps - 1 do redis.call('EXPIRE', step_prefix .. i, ttl) end
+  for i = 0, 2 * nsteps - 1 do redis.call('EXPIRE', step_prefix .. i, ttl) end
 end
 
 local TERMINAL_JOB = 'succeeded,compensated,failed,cancelled,escalated'

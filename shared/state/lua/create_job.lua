@@ -1,12 +1,14 @@
--- Create a job and dispatch its first step in one atomic step, or report the existing job.
--- KEYS[1] job  KEYS[2] history  KEYS[3] jobs index  KEYS[4] deadlines  KEYS[5] step 0
--- ARGV[1] job_id  [2] now  [3] by  [4] step key prefix  [5] dispatch deadline (ms)
---     [6] idempotency key  [7] reply_to  [8] correlation_id  [9] traceparent
---     [10] step count n; then 5 values per step: task, pool, payload (JSON), max_attempts, timeout_ms
--- Returns {"created", lease, attempt, task, pool, payload, timeout_ms, 0}
---      or {"exists", job status, current step, step status, <dispatch reply of current step>...}
+-- Create a job and dispatch its first step in one atomic step (or, for a delayed job,
+-- set its start timer), or report the existing job.
+-- KEYS[1] job  KEYS[2] history  KEYS[3] jobs index  KEYS[4] deadlines  KEYS[5] timers
+-- KEYS[6] step 0  KEYS[7] cancel marker (set when the job was cancelled before it arrived)
+-- ARGV[1] job_id  [2] now  [3] by  [4] step key prefix  [5] idempotency key  [6] reply_to
+--     [7] correlation_id  [8] traceparent  [9] start at (ms; <= now: at once)
+--     [10] step count n; then one JSON object of step fields per step
+-- Returns {"created", <dispatch reply>}  {"scheduled", start_at}  {"cancelled"}
+--      or {"exists", job status, current step, step status, <dispatch reply or {}>}
 local job, hist = KEYS[1], KEYS[2]
-local job_id, now, by, step_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local job_id, now, by, step_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 
 if redis.call('EXISTS', job) == 1 then
   local j = redis.call('HMGET', job, 'status', 'current')
@@ -18,19 +20,36 @@ if redis.call('EXISTS', job) == 1 then
   return {'exists', j[1], tonumber(j[2]), redis.call('HGET', step, 'status'), d}
 end
 
-local n = tonumber(ARGV[10])
-redis.call('HSET', job, 'id', job_id, 'status', 'running', 'created_at', now, 'updated_at', now,
-  'nsteps', n, 'current', 0, 'submitted_by', by, 'idempotency_key', ARGV[6],
-  'reply_to', ARGV[7], 'correlation_id', ARGV[8], 'traceparent', ARGV[9], 'lease_seq', 0)
+local n, start_at = tonumber(ARGV[10]), tonumber(ARGV[9])
+redis.call('HSET', job, 'id', job_id, 'status', 'pending', 'created_at', now, 'updated_at', now,
+  'nsteps', n, 'current', 0, 'submitted_by', by, 'idempotency_key', ARGV[5],
+  'reply_to', ARGV[6], 'correlation_id', ARGV[7], 'traceparent', ARGV[8], 'lease_seq', 0)
 for i = 0, n - 1 do
-  local base = 10 + i * 5
-  redis.call('HSET', step_prefix .. i, 'index', i, 'status', 'pending', 'attempt', 0, 'lease', 0,
-    'task', ARGV[base + 1], 'pool', ARGV[base + 2], 'payload', ARGV[base + 3],
-    'max_attempts', ARGV[base + 4], 'timeout_ms', ARGV[base + 5])
+  local key = step_prefix .. i
+  redis.call('HSET', key, 'index', i, 'status', 'pending', 'attempt', 0, 'lease', 0)
+  for field, value in pairs(cjson.decode(ARGV[11 + i])) do
+    redis.call('HSET', key, field, value)
+  end
 end
 redis.call('ZADD', KEYS[3], now, job_id)
 history(hist, now, by, 'submit', nil, nil, nil, nil, 'pending', nil)
+local cancelled_by = redis.call('GET', KEYS[7])
+if cancelled_by then
+  redis.call('HSET', job, 'status', 'cancelled', 'cancel_requested', 1, 'finished_at', now)
+  history(hist, now, cancelled_by, 'cancelled', nil, nil, nil, 'pending', 'cancelled',
+    'cancelled before it was recorded')
+  redis.call('DEL', KEYS[7])
+  return {'cancelled'}
+end
+if start_at > now then
+  redis.call('HSET', job, 'start_at', start_at)
+  redis.call('ZADD', KEYS[5], start_at, job_id .. '|0')
+  history(hist, now, by, 'delay', 0, nil, nil, 'pending', 'pending',
+    'starts in ' .. (start_at - now) .. ' ms')
+  return {'scheduled', start_at}
+end
+redis.call('HSET', job, 'status', 'running')
 history(hist, now, by, 'start', nil, nil, nil, 'pending', 'running', nil)
-local lease = dispatch(job, KEYS[5], 0, 1, now, ARGV[5], job_id .. '|0', KEYS[4])
+local lease = dispatch(job, KEYS[6], 1, now, job_id .. '|0', KEYS[4])
 history(hist, now, by, 'dispatch', 0, 1, lease, 'pending', 'dispatched', nil)
-return dispatch_reply('created', KEYS[5], 0)
+return dispatch_reply('created', KEYS[6], 0)

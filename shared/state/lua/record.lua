@@ -5,6 +5,7 @@
 -- KEYS[1] job  KEYS[2] step  KEYS[3] history  KEYS[4] deadlines
 -- ARGV[1] deadline member  [2] lease  [3] agent  [4] now  [5] new status  [6] result (JSON or "")
 --     [7] error (JSON or "")  [8] announce deadline (ms)  [9] allowed from (csv)  [10] step index
+--     [11] retry delay (ms; -1: no further attempt)
 -- Returns {"ok"} or {"stale", step status, current lease}.
 local now = tonumber(ARGV[4])
 local step = tonumber(ARGV[10])
@@ -15,12 +16,13 @@ if s[2] ~= ARGV[2] or not allowed(ARGV[9], s[1]) then
     'current lease ' .. s[2])
   return {'stale', s[1], tonumber(s[2])}
 end
-redis.call('HSET', KEYS[2], 'status', ARGV[5], 'finished_at', now)
+redis.call('HSET', KEYS[2], 'status', ARGV[5], 'finished_at', now, 'retry_delay_ms', ARGV[11])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'result', ARGV[6]) end
 local detail = nil
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[2], 'error', ARGV[7])
-  detail = cjson.decode(ARGV[7]).message
+  local e = cjson.decode(ARGV[7])
+  detail = e.type .. ': ' .. e.message
 end
 redis.call('HSET', KEYS[1], 'updated_at', now)
 redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])

@@ -1,0 +1,92 @@
+"""Firing timers: retries whose backoff ran out and delayed starts (from Redis, so a
+restart loses none); and periodic (cron) schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sasfleet.scheduler.intake import Intake
+from sasfleet.scheduler.progress import Progress
+from sasfleet.shared.amqp.fleet import FleetChannel
+from sasfleet.shared.config import Settings
+from sasfleet.shared.cron import next_tick_ms
+from sasfleet.shared.messages.schedule import Schedule
+from sasfleet.shared.state.keys import parse_deadline_member
+from sasfleet.shared.state.records import Announce, DispatchOrder
+from sasfleet.shared.state.schedules import Schedules
+from sasfleet.shared.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class Timers:
+    """Each tick, take the due timers; each is claimed atomically by the store, so several
+    schedulers never fire one twice."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        fleet: FleetChannel,
+        progress: Progress,
+        intake: Intake,
+        schedules: Schedules,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.fleet = fleet
+        self.progress = progress
+        self.intake = intake
+        self.schedules = schedules
+        self.fired = 0
+
+    async def tick(self) -> bool:
+        """One scan; True when the batch was full (more may be due: scan again at once)."""
+        due = await self.store.timers_due(self.settings.scan_batch)
+        if due:
+            await asyncio.gather(*(self._fire(member) for member in due))
+        for schedule, tick in await self.schedules.due(self.store.clock.now_ms(), 50):
+            try:
+                await self._fire_schedule(schedule, tick)
+            except Exception:
+                log.exception("firing schedule %s failed; retrying next round", schedule.name)
+        return len(due) == self.settings.scan_batch
+
+    async def _fire(self, member: str) -> None:
+        try:
+            job_id, step = parse_deadline_member(member)
+        except ValueError:
+            log.error("ignoring a malformed timer %r", member)
+            return
+        try:
+            action = await self.store.fire_timer(
+                job_id,
+                step,
+                self.fleet.by,
+                announce_after_ms=int(self.settings.advance_grace_s * 1000),
+            )
+            if isinstance(action, DispatchOrder):
+                self.fired += 1
+                await self.fleet.dispatch(action)
+            elif isinstance(action, Announce):
+                await self.progress.advance(job_id, action.step, action.lease)
+        except Exception:
+            # Nothing is lost: a dispatch that failed to publish is recovered by the
+            # supervisor's deadline, an outcome left unannounced by its re-announce.
+            log.exception("firing timer %s failed", member, extra={"job_id": job_id})
+
+    async def _fire_schedule(self, schedule: Schedule, tick: int) -> None:
+        """Create this tick's job, then move the schedule on. The job id is the tick's, so
+        a scheduler that dies between the two, or a second scheduler, creates it once."""
+        job_id = f"cron-{schedule.name}-{tick}"
+        await self.intake.accept(schedule.job, schedule.job.step_specs(), job_id)
+        later = next_tick_ms(schedule.cron, max(tick, self.store.clock.now_ms()))
+        if await self.schedules.advance(schedule.name, tick, later):
+            log.info(
+                "schedule %s fired job %s; next tick at %d",
+                schedule.name,
+                job_id,
+                later,
+                extra={"job_id": job_id},
+            )

@@ -1,0 +1,139 @@
+"""Typed inputs and outputs of the store's scripts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sasfleet.shared.messages.codec import encode
+
+
+@dataclass(frozen=True, slots=True)
+class NewStep:
+    """A step as recorded at submission; options already resolved against the fleet's
+    defaults, except ``max_attempts_explicit`` (None: the task's default decides)."""
+
+    task: str
+    pool: str
+    payload: bytes  # JSON
+    max_attempts: int
+    timeout_ms: int
+    schedule_to_start_ms: int = 300_000
+    max_attempts_explicit: int | None = None
+    compensation: str = ""
+    retry: bytes = b""  # JSON of the step's RetrySpec, "" for none
+    schedule_to_close_ms: int = 0
+    heartbeat_ms: int = 0
+
+    def fields(self) -> bytes:
+        """The step hash's fields, as one JSON object for create_job.lua."""
+        return encode(
+            {
+                "task": self.task,
+                "pool": self.pool,
+                "payload": self.payload.decode(),
+                "max_attempts": self.max_attempts,
+                "timeout_ms": self.timeout_ms,
+                "s2s_ms": self.schedule_to_start_ms,
+                "s2c_ms": self.schedule_to_close_ms,
+                "hb_ms": self.heartbeat_ms,
+                "compensation": self.compensation,
+                "retry": self.retry.decode(),
+                "max_explicit": ""
+                if self.max_attempts_explicit is None
+                else str(self.max_attempts_explicit),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    job_id: str
+    steps: list[NewStep]
+    idempotency_key: str = ""
+    reply_to: str = ""
+    correlation_id: str = ""
+    traceparent: str = ""
+    start_at_ms: int = 0  # 0 or the past: start at once
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOrder:
+    """What to publish to an agent pool for one attempt of one step."""
+
+    job_id: str
+    step: int
+    lease: int
+    attempt: int
+    task: str
+    pool: str
+    payload: str
+    timeout_ms: int
+    compensates: int | None = None
+    max_attempts: int | None = None  # when the step chose it
+    retry: str = ""  # JSON of the step's RetrySpec
+    heartbeat_ms: int = 0
+
+    @classmethod
+    def from_reply(cls, job_id: str, reply: list[Any]) -> DispatchOrder:
+        (
+            _kind,
+            lease,
+            attempt,
+            task,
+            pool,
+            payload,
+            timeout_ms,
+            step,
+            compensates,
+            max_explicit,
+            retry,
+            heartbeat_ms,
+        ) = reply
+        return cls(
+            job_id,
+            int(step),
+            int(lease),
+            int(attempt),
+            task,
+            pool,
+            payload,
+            int(timeout_ms),
+            int(compensates) if compensates not in ("", None) else None,
+            int(max_explicit) if max_explicit not in ("", None) else None,
+            retry or "",
+            int(heartbeat_ms or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResult:
+    created: bool
+    job_status: str
+    step_status: str
+    order: DispatchOrder | None  # the current step's dispatch; None when there is none
+    start_at_ms: int = 0  # a delayed job's start
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A job reached a terminal state (now, or before this duplicate announcement)."""
+
+    status: str
+    reply_to: str
+    correlation_id: str
+    result: str  # JSON or ""
+    error: str  # JSON or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """A recorded outcome (or a final timeout) that a scheduler must take up."""
+
+    step: int
+    attempt: int
+    lease: int
+
+
+AdvanceResult = DispatchOrder | Finished | int | None  # int: retry due (ms); None: stale
+RecoverResult = DispatchOrder | Announce | None  # None: nothing to do
