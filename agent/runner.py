@@ -14,6 +14,7 @@ import msgspec
 from sasfleet.agent.context import StepContext
 from sasfleet.agent.policy import fleet_policy, step_policy
 from sasfleet.agent.registry import Registry, TaskDef
+from sasfleet.agent.slots import PrioritySlots
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
@@ -62,13 +63,21 @@ class Runner:
         self.agent_id = fleet.by
         self.lease_ms = int(settings.lease_s * 1000)
         self.base_policy = fleet_policy(settings)
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = PrioritySlots(concurrency)
         self.running: dict[tuple[str, int], RunningStep] = {}
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="sasfleet-task")
         self.completed = 0
 
     async def handle(self, message: Delivery) -> Outcome:
-        await self.slots.acquire()  # a slot is taken before a delivery is claimed
+        """A delivery from the pool's normal queue."""
+        return await self._handle(message, high=False)
+
+    async def handle_high(self, message: Delivery) -> Outcome:
+        """A delivery from the pool's high-priority queue: served first."""
+        return await self._handle(message, high=True)
+
+    async def _handle(self, message: Delivery, high: bool) -> Outcome:
+        await self.slots.acquire(high)  # a slot is taken before a delivery is claimed
         handed_over = False
         try:
             outcome, handed_over = await self._take(message)

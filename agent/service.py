@@ -52,7 +52,10 @@ class AgentService:
         beating = asyncio.create_task(every(heartbeat.interval_s, stop, heartbeat.beat))
         try:
             await heartbeat.beat()
-            consumer = await fleet.consumer(fleet.names.pool(self.pool), runner.handle)
+            consumers = [
+                await fleet.consumer(fleet.names.pool(self.pool, "high"), runner.handle_high),
+                await fleet.consumer(fleet.names.pool(self.pool), runner.handle),
+            ]
             log.info(
                 "agent %s consuming %s with %d slots (tasks: %s)",
                 self.instance,
@@ -63,7 +66,8 @@ class AgentService:
             mark_ready(ready_file)
             await stop.wait()
             log.info("agent %s draining %d running steps", self.instance, len(runner.running))
-            await consumer.stop(grace_s=0)
+            for consumer in consumers:
+                await consumer.stop(grace_s=0)
             running = [r.task for r in runner.running.values() if r.task is not None]
             if running:
                 _, late = await asyncio.wait(running, timeout=self.grace_s)

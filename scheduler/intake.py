@@ -166,6 +166,7 @@ def new_step(spec: StepSpec, s: Settings) -> NewStep:
         heartbeat_ms=_ms(spec.heartbeat_timeout_s or 0),
         compensation=spec.compensation or "",
         retry=encode(spec.retry) if spec.retry else b"",
+        priority=spec.priority or "",
     )
 
 

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import click
 import msgspec
-from rich.console import Console
 
 from sasfleet.shared.clihelpers import settings_options
 from sasfleet.shared.config import Settings
@@ -165,7 +164,7 @@ def job() -> None:
 @settings_options
 def job_show(job_id: str, as_json: bool, settings: Settings) -> None:
     """Status, result or error, each step's attempts, and the full history of JOB_ID."""
-    from sasfleet.shared.render import render_job
+    from sasfleet.shared.render import console, render_job
     from sasfleet.shared.state.reads import JobReader
 
     view = _run(_with_redis(settings, lambda r: JobReader(r, settings.prefix).job(job_id)))
@@ -175,7 +174,7 @@ def job_show(job_id: str, as_json: bool, settings: Settings) -> None:
     if as_json:
         _json_out(view)
     else:
-        render_job(Console(), view)
+        render_job(console(), view)
 
 
 @job.command("cancel")
@@ -284,14 +283,14 @@ def parse_duration(text: str) -> float:
 @settings_options
 def jobs(status: str | None, limit: int, as_json: bool, settings: Settings) -> None:
     """Recent jobs, newest first."""
-    from sasfleet.shared.render import render_jobs
+    from sasfleet.shared.render import console, render_jobs
     from sasfleet.shared.state.reads import JobReader
 
     found = _run(_with_redis(settings, lambda r: JobReader(r, settings.prefix).jobs(status, limit)))
     if as_json:
         _json_out(found)
     else:
-        render_jobs(Console(), found)
+        render_jobs(console(), found)
 
 
 @main.command()
@@ -299,14 +298,14 @@ def jobs(status: str | None, limit: int, as_json: bool, settings: Settings) -> N
 @settings_options
 def agents(as_json: bool, settings: Settings) -> None:
     """Live agents: pool, last heartbeat, running steps."""
-    from sasfleet.shared.render import render_agents
+    from sasfleet.shared.render import console, render_agents
     from sasfleet.shared.state.agents import AgentRegistry
 
     found = _run(_with_redis(settings, lambda r: AgentRegistry(r, settings.prefix).live()))
     if as_json:
         _json_out(found)
     else:
-        render_agents(Console(), found)
+        render_agents(console(), found)
 
 
 @main.command()

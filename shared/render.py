@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -9,7 +10,12 @@ from rich.console import Console
 from rich.table import Table
 
 from sasfleet.shared.messages.codec import encode
-from sasfleet.shared.state.views import AgentView, JobView
+from sasfleet.shared.state.views import AgentView, JobView, StepView
+
+
+def console() -> Console:
+    """A console that does not wrap tables at 80 columns when output is piped."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _ts(ms: int | None) -> str:
@@ -23,63 +29,94 @@ def _short(value: object, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def render_job(console: Console, job: JobView) -> None:
-    took = f"{(job.finished_at - job.created_at) / 1000:.3f}s" if job.finished_at else "-"
-    console.print(
+def _duration(start: int | None, end: int | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{(end - start) / 1000:.3f}s"
+
+
+def _step_name(s: StepView) -> str:
+    return f"{s.task} (undoes {s.compensates})" if s.compensates is not None else s.task
+
+
+def render_job(out: Console, job: JobView) -> None:
+    """Summary, steps, and the history as a timeline relative to the submission."""
+    out.print(
         f"[bold]job {job.job_id}[/bold]  status [bold]{job.status}[/bold]  "
-        f"created {_ts(job.created_at)} UTC  took {took}"
+        f"created {_ts(job.created_at)} UTC  took {_duration(job.created_at, job.finished_at)}"
     )
     if job.idempotency_key:
-        console.print(f"idempotency key: {job.idempotency_key}")
+        out.print(f"idempotency key: {job.idempotency_key}")
     if job.traceparent:
-        console.print(f"traceparent: {job.traceparent}")
+        out.print(f"traceparent: {job.traceparent}")
     if job.result is not None:
-        console.print(f"result: {_short(job.result, 200)}")
+        out.print(f"result: {_short(job.result, 200)}")
     if job.error is not None:
-        console.print(f"[red]error: {_short(job.error, 200)}[/red]")
+        out.print(f"[red]error: {_short(job.error, 200)}[/red]")
     steps = Table(title="steps", title_justify="left")
-    for col in ("#", "task", "pool", "status", "attempt", "lease", "agent", "result / error"):
+    for col in (
+        "#",
+        "task",
+        "pool",
+        "status",
+        "attempt",
+        "lease",
+        "agent",
+        "ran",
+        "result / error / progress",
+    ):
         steps.add_column(col)
     for s in job.steps:
+        shown = s.error if s.error is not None else s.result
+        if shown is None:
+            shown = s.progress
         steps.add_row(
             str(s.index),
-            s.task,
+            _step_name(s),
             s.pool,
             s.status,
             f"{s.attempt}/{s.max_attempts}",
             str(s.lease),
             s.locked_by or "-",
-            _short(s.error if s.error is not None else s.result),
+            _duration(s.started_at, s.finished_at),
+            _short(shown),
         )
-    console.print(steps)
-    history = Table(title="history", title_justify="left")
-    for col in ("time (UTC)", "event", "step", "attempt", "lease", "from -> to", "by", "detail"):
-        history.add_column(col)
+    out.print(steps)
+    timeline = Table(title="timeline", title_justify="left")
+    for col in ("+time", "step", "attempt", "event", "from -> to", "lease", "by", "detail"):
+        timeline.add_column(col)
+    names = {s.index: _step_name(s) for s in job.steps}
     for h in job.history:
-        history.add_row(
-            _ts(h.ts),
-            h.event,
-            "-" if h.step is None else str(h.step),
+        step = "-" if h.step is None else f"{h.step} {names.get(h.step, '')}".strip()
+        timeline.add_row(
+            f"+{(h.ts - job.created_at) / 1000:.3f}s",
+            step,
             "-" if h.attempt is None else str(h.attempt),
-            "-" if h.lease is None else str(h.lease),
+            h.event,
             f"{h.previous or ''} -> {h.status or ''}",
+            "-" if h.lease is None else str(h.lease),
             h.by,
             h.detail or "",
         )
-    console.print(history)
+    out.print(timeline)
 
 
-def render_jobs(console: Console, jobs: list[JobView]) -> None:
+def render_jobs(out: Console, jobs: list[JobView]) -> None:
     table = Table()
     for col in ("job", "status", "created (UTC)", "steps", "took"):
         table.add_column(col)
     for j in jobs:
-        took = f"{(j.finished_at - j.created_at) / 1000:.3f}s" if j.finished_at else "-"
-        table.add_row(j.job_id, j.status, _ts(j.created_at), str(len(j.steps)), took)
-    console.print(table)
+        table.add_row(
+            j.job_id,
+            j.status,
+            _ts(j.created_at),
+            str(len(j.steps)),
+            _duration(j.created_at, j.finished_at),
+        )
+    out.print(table)
 
 
-def render_agents(console: Console, agents: list[AgentView]) -> None:
+def render_agents(out: Console, agents: list[AgentView]) -> None:
     now = time.time() * 1000
     table = Table()
     for col in ("agent", "pool", "host", "pid", "slots", "last beat", "running"):
@@ -94,4 +131,4 @@ def render_agents(console: Console, agents: list[AgentView]) -> None:
             f"{(now - a.last_beat) / 1000:.1f}s ago",
             f"{len(a.running)}: " + ", ".join(a.running[:5]),
         )
-    console.print(table)
+    out.print(table)

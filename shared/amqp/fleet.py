@@ -85,7 +85,7 @@ class FleetChannel:
     async def dispatch(self, order: DispatchOrder, traceparent: str = "") -> None:
         """Publish one attempt of a step to its pool's queue (declared on first use)."""
         topology, publisher = self._ready()
-        queue = self.names.pool(order.pool)
+        queue = self.names.pool(order.pool, order.priority)
         await topology.queue(queue)
         message = StepDispatch(
             job_id=order.job_id,

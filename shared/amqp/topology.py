@@ -47,8 +47,10 @@ class Names:
     def dead(self) -> str:
         return f"{self.prefix}.dead"
 
-    def pool(self, pool: str) -> str:
-        return f"{self.prefix}.pool.{pool}"
+    def pool(self, pool: str, priority: str = "") -> str:
+        """A pool's queue; ``priority="high"`` names its high-priority queue."""
+        base = f"{self.prefix}.pool.{pool}"
+        return f"{base}.high" if priority == "high" else base
 
 
 def queue_arguments(names: Names) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -97,7 +97,9 @@ class RetrySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 class StepOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How a step is run: pool, attempts, retry policy and timeouts (all optional)."""
+    """How a step is run: pool, attempts, retry policy, timeouts and priority (all
+    optional). A ``high`` priority step goes to its pool's high-priority queue, whose
+    deliveries agents serve before normal ones."""
 
     pool: PoolName | None = None
     max_attempts: Attempts | None = None
@@ -106,6 +108,7 @@ class StepOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     schedule_to_start_s: ScheduleToStart | None = None
     schedule_to_close_s: ScheduleToClose | None = None
     heartbeat_timeout_s: HeartbeatTimeout | None = None
+    priority: Literal["normal", "high"] | None = None
 
 
 class StepSpec(StepOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):

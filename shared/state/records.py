@@ -24,6 +24,7 @@ class NewStep:
     retry: bytes = b""  # JSON of the step's RetrySpec, "" for none
     schedule_to_close_ms: int = 0
     heartbeat_ms: int = 0
+    priority: str = ""
 
     def fields(self) -> bytes:
         """The step hash's fields, as one JSON object for create_job.lua."""
@@ -37,6 +38,7 @@ class NewStep:
                 "s2s_ms": self.schedule_to_start_ms,
                 "s2c_ms": self.schedule_to_close_ms,
                 "hb_ms": self.heartbeat_ms,
+                "priority": self.priority,
                 "compensation": self.compensation,
                 "retry": self.retry.decode(),
                 "max_explicit": ""
@@ -73,6 +75,7 @@ class DispatchOrder:
     max_attempts: int | None = None  # when the step chose it
     retry: str = ""  # JSON of the step's RetrySpec
     heartbeat_ms: int = 0
+    priority: str = ""  # "high" routes to the pool's high-priority queue
 
     @classmethod
     def from_reply(cls, job_id: str, reply: list[Any]) -> DispatchOrder:
@@ -89,6 +92,7 @@ class DispatchOrder:
             max_explicit,
             retry,
             heartbeat_ms,
+            priority,
         ) = reply
         return cls(
             job_id,
@@ -103,6 +107,7 @@ class DispatchOrder:
             int(max_explicit) if max_explicit not in ("", None) else None,
             retry or "",
             int(heartbeat_ms or 0),
+            priority or "",
         )
 
 

@@ -29,7 +29,13 @@ async def purge_fleet(
     connection = await connect(settings.amqp_url.get_secret_value(), "sasfleet-purge")
     try:
         channel = await connection.channel()
-        for queue in (names.submit, names.events, names.dead, *(names.pool(p) for p in pools)):
+        for queue in (
+            names.submit,
+            names.events,
+            names.dead,
+            *(names.pool(p) for p in pools),
+            *(names.pool(p, "high") for p in pools),
+        ):
             await channel.queue_delete(queue)
         for exchange in (names.exchange, names.dead_exchange):
             await channel.exchange_delete(exchange)

@@ -48,12 +48,12 @@ end
 -- Start the compensation of forward step `of` (its own step, index nsteps + of).
 local function compensate(of)
   local fwd = redis.call('HMGET', prefix .. of, 'compensation', 'pool', 'payload', 'max_attempts',
-    'timeout_ms', 's2s_ms', 'retry')
+    'timeout_ms', 's2s_ms', 'retry', 'priority')
   local key, ci = prefix .. (nsteps + of), nsteps + of
   redis.call('HSET', key, 'index', ci, 'status', 'pending', 'attempt', 0, 'lease', 0,
     'task', fwd[1], 'pool', fwd[2], 'payload', fwd[3], 'max_attempts', fwd[4], 'max_explicit', '',
     'timeout_ms', fwd[5], 's2s_ms', fwd[6], 's2c_ms', 0, 'hb_ms', 0, 'retry', fwd[7] or '',
-    'compensates', of)
+    'compensates', of, 'priority', fwd[8] or '')
   redis.call('HSET', job, 'current', ci, 'updated_at', now)
   local lease = dispatch(job, key, 1, now, job_id .. '|' .. ci, deadlines)
   history(hist, now, by, 'compensate', ci, 1, lease, 'pending', 'dispatched',
