@@ -16,6 +16,8 @@ from sasfleet.shared.state.views import AgentView
 
 log = logging.getLogger(__name__)
 
+RECORD_TTL_S = 300
+
 
 class Heartbeat:
     """Beats every ``interval_s``: one agent record write, one lease renewal per step."""
@@ -45,7 +47,8 @@ class Heartbeat:
         )
 
     async def beat(self) -> bool:
-        await self.agents.beat(self.view(), ttl_s=max(int(self.interval_s * 3) + 1, 5))
+        # The record outlives missed beats: supervisors judge liveness by last_beat.
+        await self.agents.beat(self.view(), ttl_s=RECORD_TTL_S)
         running = list(self.runner.running.values())
         store, lease_ms = self.runner.store, self.runner.lease_ms
         now = time.monotonic()

@@ -121,6 +121,24 @@ class Runner:
         running.task = asyncio.create_task(self._execute(running, task))
         return Ack(), True
 
+    async def release_all(self) -> int:
+        """Stop every running handler and hand its step back to the pool (shutdown after
+        the grace period): another agent takes it up at once, under a new lease."""
+        running = list(self.running.values())
+        for r in running:
+            r.stop(None)
+        tasks = [r.task for r in running if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        released = 0
+        for r in running:
+            d = r.dispatch
+            order = await self.store.release(d.job_id, d.step, d.lease, self.agent_id)
+            if order is not None:
+                await self.fleet.dispatch(order)
+                released += 1
+        return released
+
     def _context(self, d: StepDispatch) -> StepContext:
         return StepContext(
             job_id=d.job_id,

@@ -12,7 +12,7 @@ from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import instance_id
 from sasfleet.shared.runtime import every, mark_ready, retry_until_up
-from sasfleet.shared.state.agents import AgentRegistry
+from sasfleet.shared.state.agents import AgentRegistry, agent_connection_prefix
 from sasfleet.shared.state.connection import connect_redis
 from sasfleet.shared.state.store import StateStore
 
@@ -39,11 +39,16 @@ class AgentService:
 
     async def run(self, stop: asyncio.Event, ready_file: str | None = None) -> None:
         s = self.settings
-        redis = connect_redis(s.redis_url.get_secret_value())
+        # Named connections let supervisors see at once when this process is gone.
+        redis = connect_redis(
+            s.redis_url.get_secret_value(), name=agent_connection_prefix(s.prefix) + self.instance
+        )
         await retry_until_up("redis", stop, redis.ping)
         store = StateStore(redis, s.prefix)
         agents = AgentRegistry(redis, s.prefix)
-        fleet = FleetChannel(s.amqp_url.get_secret_value(), s.prefix, self.instance)
+        fleet = FleetChannel(
+            s.amqp_url.get_secret_value(), s.prefix, self.instance, s.amqp_heartbeat_s
+        )
         await retry_until_up("rabbitmq", stop, lambda: fleet.open(self.concurrency))
         runner = Runner(s, self.registry, store, fleet, self.concurrency)
         heartbeat = Heartbeat(
@@ -70,9 +75,10 @@ class AgentService:
                 await consumer.stop(grace_s=0)
             running = [r.task for r in runner.running.values() if r.task is not None]
             if running:
-                _, late = await asyncio.wait(running, timeout=self.grace_s)
-                for task in late:  # their leases expire and the supervisor retries them
-                    task.cancel()
+                await asyncio.wait(running, timeout=self.grace_s)
+            if runner.running:
+                released = await runner.release_all()
+                log.info("agent %s handed %d unfinished steps back", self.instance, released)
         finally:
             beating.cancel()
             await agents.leave(self.instance)

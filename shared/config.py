@@ -53,6 +53,17 @@ class Settings(BaseSettings):
         "supervisor re-announces it.",
     )
     heartbeat_s: float = Field(2.0, gt=0, description="Agent heartbeat interval.")
+    amqp_heartbeat_s: int = Field(
+        5,
+        ge=1,
+        description="AMQP heartbeat of agents: a frozen agent's prefetched deliveries go back "
+        "to the queue after about two of them.",
+    )
+    agent_timeout_s: float = Field(
+        6.0,
+        gt=0,
+        description="An agent silent this long is dead or hung: supervisors recover its steps.",
+    )
     supervisor_tick_s: float = Field(0.5, gt=0, description="Supervisor deadline scan interval.")
     timer_tick_s: float = Field(0.1, gt=0, description="Scheduler timer scan interval.")
     escalation_webhook: str = Field(

@@ -9,10 +9,12 @@ from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import instance_id
 from sasfleet.shared.runtime import every, mark_ready, retry_until_up
+from sasfleet.shared.state.agents import AgentRegistry
 from sasfleet.shared.state.connection import connect_redis
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.store import StateStore
 from sasfleet.supervisor.escalation import Escalations
+from sasfleet.supervisor.liveness import Liveness
 from sasfleet.supervisor.recovery import Recovery
 from sasfleet.supervisor.scan import DeadlineScan
 
@@ -40,8 +42,19 @@ class SupervisorService:
                 store, JobReader(redis, s.prefix), s.escalation_webhook, self.instance
             )
             mark_ready(ready_file)
+            liveness = Liveness(
+                AgentRegistry(redis, s.prefix), store, int(s.agent_timeout_s * 1000)
+            )
+
+            async def tick() -> bool:
+                try:
+                    await liveness.tick()  # dead agents' steps become due in this same tick
+                except Exception:
+                    log.exception("agent liveness check failed; leases still expire")
+                return await scan.tick()
+
             await asyncio.gather(
-                every(s.supervisor_tick_s, stop, scan.tick),
+                every(s.supervisor_tick_s, stop, tick),
                 every(1.0, stop, escalations.tick),
             )
         finally:

@@ -30,17 +30,18 @@ TRACEPARENT = "traceparent"
 class FleetChannel:
     """Everything a service publishes or consumes goes through here."""
 
-    def __init__(self, url: str, prefix: str, by: str) -> None:
+    def __init__(self, url: str, prefix: str, by: str, heartbeat_s: int = 10) -> None:
         self.url = url
         self.names = Names(prefix)
         self.by = by
+        self.heartbeat_s = heartbeat_s
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None
         self.topology: Topology | None = None
         self.publisher: Publisher | None = None
 
     async def open(self, prefetch: int) -> None:
-        self.connection = await connect(self.url, self.by)
+        self.connection = await connect(self.url, self.by, self.heartbeat_s)
         self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         await self.channel.set_qos(prefetch_count=prefetch)
         self.topology = Topology(self.channel, self.names)

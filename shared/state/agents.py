@@ -34,6 +34,13 @@ class AgentRegistry:
             pipe.zrem(self.keys.agents, agent_id)
             await pipe.execute()
 
+    async def connected(self) -> set[str]:
+        """Agent ids with an open Redis connection (agents name their connections), so an
+        agent whose process died is noticed as soon as its TCP connection closes."""
+        names = {str(c.get("name", "")) for c in await self.redis.client_list()}
+        prefix = agent_connection_prefix(self.keys.prefix)
+        return {n[len(prefix) :] for n in names if n.startswith(prefix)}
+
     async def live(self) -> list[AgentView]:
         """Agents whose record has not expired, most recent beat first.
 
@@ -52,3 +59,8 @@ class AgentRegistry:
         if dead:
             await self.redis.zrem(self.keys.agents, *dead)
         return views
+
+
+def agent_connection_prefix(prefix: str) -> str:
+    """The Redis client name prefix of this fleet's agents' connections."""
+    return f"{prefix}:agent:"

@@ -72,6 +72,14 @@ class Keys:
     def agent(self, agent_id: str) -> str:
         return f"{self.prefix}:agent:{agent_id}"
 
+    def agent_steps(self, agent_id: str) -> str:
+        """Set of ``job_id|step`` an agent has claimed and not yet recorded."""
+        return f"{self.prefix}:agent-steps:{agent_id}"
+
+    def step_key_format(self) -> tuple[str, str]:
+        """A step key is ``a + job_id + b + index`` (for scripts that loop over steps)."""
+        return f"{self.prefix}:{{", "}:step:"
+
     def pattern(self) -> str:
         """Glob matching every key of this fleet (for test clean-up)."""
         return f"{self.prefix}:*"

@@ -136,7 +136,7 @@ class StateStore:
         """DISPATCHED -> RUNNING for the holder of ``lease``; False (recorded) otherwise."""
         reply = await self._run(
             "claim",
-            self._step_keys(job_id, step),
+            [*self._step_keys(job_id, step), self.keys.agent_steps(agent)],
             [
                 deadline_member(job_id, step),
                 lease,
@@ -169,6 +169,15 @@ class StateStore:
         )
         return int(reply)
 
+    async def release(self, job_id: str, step: int, lease: int, agent: str) -> DispatchOrder | None:
+        """Hand a running step back for another agent (shutdown); None if the lease is gone."""
+        reply = await self._run(
+            "release",
+            [*self._step_keys(job_id, step), self.keys.agent_steps(agent)],
+            [deadline_member(job_id, step), lease, agent, self.clock.now_ms(), step],
+        )
+        return DispatchOrder.from_reply(job_id, reply) if reply[0] == "dispatch" else None
+
     async def lease_is_current(self, job_id: str, step: int, lease: int) -> bool:
         """Whether ``lease`` still holds the step (ask before an irreversible act)."""
         status, current = await self.redis.hmget(self.keys.step(job_id, step), "status", "lease")
@@ -197,7 +206,7 @@ class StateStore:
         now = self.clock.now_ms()
         reply = await self._run(
             "record",
-            self._step_keys(job_id, step),
+            [*self._step_keys(job_id, step), self.keys.agent_steps(agent)],
             [
                 deadline_member(job_id, step),
                 lease,
@@ -319,6 +328,17 @@ class StateStore:
         if reply[0] == "announce":
             return Announce(int(reply[1]), int(reply[2]), int(reply[3]))
         return str(reply[1])
+
+    async def expire_agent(self, agent_id: str) -> int:
+        """Make the steps a dead or hung agent still holds due for recovery now."""
+        before, after = self.keys.step_key_format()
+        return int(
+            await self._run(
+                "expire_agent",
+                [self.keys.agent_steps(agent_id), self.keys.deadlines],
+                [agent_id, self.clock.now_ms(), before, after],
+            )
+        )
 
     async def claim_escalations(self, limit: int, retry_after_ms: int) -> list[str]:
         """Escalated jobs to report now. Each is claimed for ``retry_after_ms`` (so one

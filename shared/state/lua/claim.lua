@@ -1,6 +1,6 @@
 -- An agent claims the attempt it was sent: DISPATCHED -> RUNNING, its lease runs from now.
 -- The agent's resolved max attempts (the step's own, else its task's default) is recorded.
--- KEYS[1] job  KEYS[2] step  KEYS[3] history  KEYS[4] deadlines
+-- KEYS[1] job  KEYS[2] step  KEYS[3] history  KEYS[4] deadlines  KEYS[5] the agent's steps
 -- ARGV[1] deadline member  [2] lease  [3] agent  [4] now  [5] lease_ms  [6] allowed from (csv)
 --     [7] step index  [8] max attempts
 -- Returns {"ok"} or {"rejected", step status, current lease}; a rejection is recorded.
@@ -21,5 +21,6 @@ redis.call('HSET', KEYS[2], 'status', 'running', 'locked_by', ARGV[3], 'started_
   'attempt_deadline', attempt_deadline, 'complete_by', complete_by, 'max_attempts', ARGV[8])
 redis.call('HSET', KEYS[1], 'updated_at', now)
 redis.call('ZADD', KEYS[4], complete_by, ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[1])
 history(KEYS[3], now, ARGV[3], 'claim', step, tonumber(s[3]), tonumber(s[2]), s[1], 'running', nil)
 return {'ok'}
