@@ -27,6 +27,7 @@ _LAZY = {
     "supervisor": "sasfleet.supervisor.cli:supervisor",
     "demo": "sasfleet.shared.tools.demo:demo",
     "bench": "sasfleet.shared.tools.bench:bench",
+    "dead": "sasfleet.shared.tools.dead:dead",
 }
 
 
