@@ -6,11 +6,15 @@ then applies its flags on top with :meth:`Settings.model_copy`).
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sasfleet.shared.errors import ConfigError
 
 ENV_PREFIX = "SASFLEET_"
 
@@ -99,7 +103,31 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host_and_port}"))
 
 
+_CREDENTIALS_IN_URL = re.compile(r"(\w+://[^:/@\s]*:)[^@/\s]+@")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (for logs)."""
+    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)
+
+
+def _from_files() -> dict[str, str]:
+    """``SASFLEET_<NAME>_FILE`` names a file holding the value (Docker/Kubernetes secrets)."""
+    values = {}
+    for name in Settings.model_fields:
+        path = os.environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+        if path:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    values[name] = fh.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {ENV_PREFIX}{name.upper()}_FILE: {exc}") from exc
+    return values
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the environment now and apply explicit overrides (flags) on top."""
-    clean = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**clean)
+    """Read the environment now (values from ``*_FILE`` files win over plain variables) and
+    apply explicit overrides (flags) on top."""
+    values: dict[str, Any] = _from_files()
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

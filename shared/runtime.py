@@ -9,6 +9,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from sasfleet.shared.config import mask_secrets
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -51,7 +53,9 @@ async def retry_until_up(what: str, stop: asyncio.Event, connect: Callable[[], A
         except Exception as exc:
             if stop.is_set():
                 raise asyncio.CancelledError from exc
-            log.warning("%s unavailable (%s); retrying in %.1fs", what, exc, delay)
+            log.warning(
+                "%s unavailable (%s); retrying in %.1fs", what, mask_secrets(str(exc)), delay
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             delay = min(delay * 2, 5.0)
