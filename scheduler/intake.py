@@ -83,6 +83,7 @@ class Intake:
             correlation_id=correlation_id,
             traceparent=traceparent,
             start_at_ms=self._start_at(submit),
+            ttl_s=self.settings.job_ttl_s,
         )
         created = await self.store.create_job(job, self.fleet.by)
         if created.created:

@@ -57,6 +57,7 @@ class NewJob:
     correlation_id: str = ""
     traceparent: str = ""
     start_at_ms: int = 0  # 0 or the past: start at once
+    ttl_s: int = 7 * 24 * 3600  # how long the job's keys stay once it ends
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,7 @@ class StateStore:
             job.correlation_id,
             job.traceparent,
             job.start_at_ms,
+            job.ttl_s,
             len(job.steps),
             *(s.fields() for s in job.steps),
         ]

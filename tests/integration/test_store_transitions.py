@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 import pytest
@@ -14,17 +14,17 @@ import redis.asyncio as aioredis
 
 from sasfleet.shared.clock import ManualClock
 from sasfleet.shared.messages.events import ErrorInfo
+from sasfleet.shared.state.connection import connect_redis
 from sasfleet.shared.state.keys import deadline_member
 from sasfleet.shared.state.reads import JobReader
-from sasfleet.shared.state.store import (
+from sasfleet.shared.state.records import (
     Announce,
     DispatchOrder,
     Finished,
     NewJob,
     NewStep,
-    StateStore,
-    connect_redis,
 )
+from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import HistoryEntry
 from sasfleet.shared.statemachine import STEP_MOVES, Move, StepStatus
 
@@ -46,19 +46,28 @@ class Fleet:
     clock: ManualClock
     store: StateStore
     reader: JobReader
+    max_attempts: int = 3  # what the agent resolves and records when it claims
 
     async def create(self, job_id: str = "j1", *, steps: int = 1, max_attempts: int = 3) -> None:
+        self.max_attempts = max_attempts
         job = NewJob(
             job_id,
             [
-                NewStep(f"task{i}", "default", f'{{"i":{i}}}'.encode(), max_attempts, 60_000)
+                NewStep(
+                    f"task{i}",
+                    "default",
+                    f'{{"i":{i}}}'.encode(),
+                    max_attempts,
+                    60_000,
+                    schedule_to_start_ms=DISPATCH_MS,
+                )
                 for i in range(steps)
             ],
         )
-        assert (await self.store.create_job(job, "scheduler-1", DISPATCH_MS)).created
+        assert (await self.store.create_job(job, "scheduler-1")).created
 
     async def step(self, job_id: str = "j1", index: int = 0) -> dict[str, str]:
-        return await self.redis.hgetall(self.store.keys.step(job_id, index))
+        return cast(dict[str, str], await self.redis.hgetall(self.store.keys.step(job_id, index)))
 
     async def events(self) -> list[str]:
         view = await self.reader.job("j1")
@@ -66,34 +75,42 @@ class Fleet:
         return [h.event for h in view.history]
 
     async def claim(self, lease: int, agent: str = "agent-a", step: int = 0) -> bool:
-        return await self.store.claim("j1", step, lease, agent, LEASE_MS)
+        return await self.store.claim("j1", step, lease, agent, LEASE_MS, self.max_attempts)
 
     async def record(
-        self, lease: int, agent: str = "agent-a", *, step: int = 0, **outcome: Any
+        self,
+        lease: int,
+        agent: str = "agent-a",
+        *,
+        step: int = 0,
+        retry_delay_ms: int | None = None,
+        **outcome: Any,
     ) -> bool:
         return await self.store.record(
-            "j1", step, lease, agent, **outcome, announce_after_ms=ANNOUNCE_MS
-        )
-
-    async def advance(self, step: int, lease: int, retry_delay_ms: int = 1_000) -> object:
-        return await self.store.advance(
             "j1",
             step,
             lease,
-            "scheduler-1",
+            agent,
+            **outcome,
             retry_delay_ms=retry_delay_ms,
-            dispatch_timeout_ms=DISPATCH_MS,
-            ttl_s=TTL_S,
+            announce_after_ms=ANNOUNCE_MS,
         )
+
+    async def advance(self, step: int, lease: int) -> object:
+        return await self.store.advance("j1", step, lease, "scheduler-1", ttl_s=TTL_S)
 
     async def recover(self, store: StateStore | None = None, step: int = 0) -> object:
         return await (store or self.store).recover(
-            "j1",
-            step,
-            "supervisor-1",
-            dispatch_timeout_ms=DISPATCH_MS,
-            announce_after_ms=ANNOUNCE_MS,
+            "j1", step, "supervisor-1", announce_after_ms=ANNOUNCE_MS
         )
+
+    async def fire(self, store: StateStore | None = None, step: int = 0) -> object:
+        return await (store or self.store).fire_timer(
+            "j1", step, "scheduler-1", announce_after_ms=ANNOUNCE_MS
+        )
+
+    async def cancel(self) -> object:
+        return await self.store.cancel("j1", "client-1", announce_after_ms=ANNOUNCE_MS, ttl_s=TTL_S)
 
 
 @pytest.fixture
@@ -114,12 +131,13 @@ async def fleet() -> AsyncIterator[Fleet]:
 async def test_create_job_dispatches_step_zero_and_a_duplicate_creates_nothing(
     fleet: Fleet,
 ) -> None:
-    job = NewJob("j1", [NewStep("echo", "p1", b'{"x":1}', 3, 9_000)], idempotency_key="k1")
-    first = await fleet.store.create_job(job, "scheduler-1", DISPATCH_MS)
+    step = NewStep("echo", "p1", b'{"x":1}', 3, 9_000, schedule_to_start_ms=DISPATCH_MS)
+    job = NewJob("j1", [step], idempotency_key="k1")
+    first = await fleet.store.create_job(job, "scheduler-1")
     assert (first.created, first.job_status, first.step_status) == (True, "running", "dispatched")
     assert first.order == DispatchOrder("j1", 0, 1, 1, "echo", "p1", '{"x":1}', 9_000)
     other = NewJob("j1", [NewStep("other", "p2", b"2", 1, 1), NewStep("x", "p", b"3", 1, 1)])
-    again = await fleet.store.create_job(other, "scheduler-2", DISPATCH_MS)
+    again = await fleet.store.create_job(other, "scheduler-2")
     assert (again.created, again.job_status, again.step_status) == (False, "running", "dispatched")
     assert again.order == first.order
     assert await fleet.redis.zcard(fleet.store.keys.jobs) == 1
@@ -127,6 +145,7 @@ async def test_create_job_dispatches_step_zero_and_a_duplicate_creates_nothing(
     assert view is not None and [s.task for s in view.steps] == ["echo"]
     assert view.idempotency_key == "k1" and view.submitted_by == "scheduler-1"
     assert [h.event for h in view.history] == ["submit", "start", "dispatch"]
+    # The step's own schedule-to-start timeout sets its dispatch deadline.
     assert await fleet.redis.zscore(fleet.store.keys.deadlines, deadline_member("j1", 0)) == (
         fleet.clock.now_ms() + DISPATCH_MS
     )
@@ -149,6 +168,12 @@ async def test_claim_needs_the_current_lease_and_a_rejection_is_in_the_history(
     rejected, claimed = map(who_what, view.history[-2:])
     assert rejected == ("claim_rejected", "agent-b", 7, "dispatched", None, "current lease 1")
     assert claimed == ("claim", "agent-a", 1, "dispatched", "running", None)
+
+
+async def test_claim_records_the_agents_resolved_max_attempts(fleet: Fleet) -> None:
+    await fleet.create(max_attempts=3)
+    assert await fleet.store.claim("j1", 0, 1, "agent-a", LEASE_MS, 5)
+    assert (await fleet.step())["max_attempts"] == "5"
 
 
 async def test_recorded_success_then_advance_finishes_the_job_with_its_result(
@@ -208,22 +233,31 @@ async def test_a_stale_result_is_rejected_recorded_and_leaves_the_step_alone(
     assert who_what(view.history[-1]) == (*rejected, "current lease 2")
 
 
-async def test_a_retryable_failure_waits_for_its_backoff_then_is_redispatched(
+async def test_a_retryable_failure_waits_for_its_backoff_then_the_timer_retries_it(
     fleet: Fleet,
 ) -> None:
     await fleet.create()
     assert await fleet.claim(1)
-    assert await fleet.record(1, error=BOOM)
-    due = await fleet.advance(0, 1, retry_delay_ms=1_500)
+    assert await fleet.record(1, error=BOOM, retry_delay_ms=1_500)  # the agent's choice
+    due = await fleet.advance(0, 1)
     assert due == fleet.clock.now_ms() + 1_500
     assert (await fleet.step())["status"] == "waiting_retry"
     assert await fleet.redis.hget(fleet.store.keys.job("j1"), "status") == "running"
+    # The backoff is a timer for the scheduler, not a deadline for the supervisor.
+    assert await fleet.redis.zscore(fleet.store.keys.timers, "j1|0") == due
+    assert await fleet.redis.zscore(fleet.store.keys.deadlines, "j1|0") is None
     fleet.clock.advance(1_499)
+    assert await fleet.fire() is None
     assert await fleet.recover() is None
     fleet.clock.advance(1)
-    order = await fleet.recover()
+    assert await fleet.recover() is None  # the supervisor does not handle WAITING_RETRY
+    order = await fleet.fire()
     assert isinstance(order, DispatchOrder) and (order.attempt, order.lease) == (2, 2)
-    assert (await fleet.events())[-2:] == ["retry_later", "redispatch"]
+    assert (await fleet.events())[-2:] == ["retry_later", "retry"]
+    assert await fleet.redis.zscore(fleet.store.keys.timers, "j1|0") is None
+    assert await fleet.redis.zscore(fleet.store.keys.deadlines, "j1|0") == (
+        fleet.clock.now_ms() + DISPATCH_MS
+    )
 
 
 async def test_recover_waits_for_the_deadline_then_redispatches_with_a_new_lease(
@@ -263,53 +297,85 @@ async def test_a_timeout_on_the_last_attempt_fails_the_step_and_then_the_job(
     await fleet.create(max_attempts=1)
     assert await fleet.claim(1)
     fleet.clock.advance(LEASE_MS)
-    assert await fleet.recover() == Announce(attempt=1, lease=1)
+    assert await fleet.recover() == Announce(step=0, attempt=1, lease=1)
     step = await fleet.step()
     error = json.loads(step["error"])
     assert step["status"] == "failed" and "locked_by" not in step
-    assert (error["type"], error["retryable"]) == ("StepTimeout", False)
+    # The lease ran out long before the 60 s start-to-close limit: the agent died or hung.
+    assert (error["type"], error["retryable"]) == ("LeaseExpired", False)
     done = await fleet.advance(0, 1)
     assert isinstance(done, Finished) and done.status == "failed"
-    assert json.loads(done.error)["type"] == "StepTimeout"
+    assert json.loads(done.error)["type"] == "LeaseExpired"
     view = await fleet.reader.job("j1")
     assert view is not None and view.status == "failed"
-    assert (await fleet.events())[-2:] == ["timeout_fail", "fail"]
+    timeout_fail, job_end = view.history[-2:]
+    assert (timeout_fail.event, timeout_fail.step, timeout_fail.status) == (
+        "timeout_fail",
+        0,
+        "failed",
+    )
+    # The job's own end (no step): running -> failed.
+    assert (job_end.step, job_end.previous, job_end.status) == (None, "running", "failed")
 
 
 async def test_resubmitting_a_rejected_job_id_reports_the_failed_job(fleet: Fleet) -> None:
     bad = ErrorInfo(type="BadMessage", message="no task", retryable=False)
     assert await fleet.store.fail_submission("j1", bad, "scheduler-1", "", "", TTL_S)
     job = NewJob("j1", [NewStep("echo", "default", b"1", 3, 1_000)])
-    again = await fleet.store.create_job(job, "scheduler-1", DISPATCH_MS)
-    assert (again.created, again.job_status) == (False, "failed")
+    again = await fleet.store.create_job(job, "scheduler-1")
+    assert (again.created, again.job_status, again.order) == (False, "failed", None)
 
 
 # --- the state machine's table, walked against the scripts ----------------------------------
 
-SINGLE_STEP_MOVES = [Move.CLAIM, Move.SUCCEED, Move.FAIL, Move.REDISPATCH, Move.TIMEOUT_FAIL]
+WALKED_MOVES = [
+    Move.CLAIM,
+    Move.SUCCEED,
+    Move.FAIL,
+    Move.REDISPATCH,
+    Move.TIMEOUT_FAIL,
+    Move.RETRY,
+    Move.CANCEL,
+]
 
 
 @pytest.mark.parametrize("source", list(StepStatus))
-@pytest.mark.parametrize("move", SINGLE_STEP_MOVES)
+@pytest.mark.parametrize("move", WALKED_MOVES)
 async def test_step_scripts_accept_exactly_the_moves_of_the_table(
     fleet: Fleet, move: Move, source: StepStatus
 ) -> None:
     allowed, target = STEP_MOVES[move]
     # A timeout fails only a last attempt; otherwise the supervisor re-dispatches.
     await fleet.create(max_attempts=1 if move is Move.TIMEOUT_FAIL else 3)
-    await fleet.redis.hset(fleet.store.keys.step("j1", 0), "status", source.value)  # test setup
+    job_key = fleet.store.keys.job("j1")
+    current = int(str(await fleet.redis.hget(job_key, "current")))  # the step cancel reads
+    step_key = fleet.store.keys.step("j1", current)
+    await fleet.redis.hset(step_key, "status", source.value)  # test setup
     seen = len(await fleet.events())
+    reply: object = None
     if move is Move.CLAIM:
-        await fleet.claim(1)
+        reply = await fleet.claim(1)
     elif move is Move.SUCCEED:
-        await fleet.record(1, result=b"1")
+        reply = await fleet.record(1, result=b"1")
     elif move is Move.FAIL:
-        await fleet.record(1, error=BOOM)
+        reply = await fleet.record(1, error=BOOM)
+    elif move is Move.RETRY:
+        # A due retry timer (test setup); the scheduler fires it.
+        await fleet.redis.zadd(fleet.store.keys.timers, {"j1|0": fleet.clock.now_ms()})
+        reply = await fleet.fire()
+    elif move is Move.CANCEL:
+        reply = await fleet.cancel()
     else:
         fleet.clock.advance(DISPATCH_MS)
-        await fleet.recover()
-    status = (await fleet.step())["status"]
+        reply = await fleet.recover()
+    status = str(await fleet.redis.hget(step_key, "status") or "")
     accepted = move.value in (await fleet.events())[seen:] and status == target
-    assert accepted is (source in allowed), f"{move} from {source} -> now {status}"
-    if not accepted and move in (Move.CLAIM, Move.SUCCEED, Move.FAIL):
-        assert status == source  # a refused agent call changes nothing
+    assert accepted is (source in allowed), f"{move} from {source} -> now {status} ({reply!r})"
+    if move is Move.RETRY:
+        assert isinstance(reply, DispatchOrder) is accepted
+    if move is Move.CANCEL:
+        assert isinstance(reply, Announce) is accepted
+        # The job is marked cancelled either way; a running step learns it on renewal.
+        assert await fleet.redis.hget(job_key, "cancel_requested") == "1"
+    if not accepted and move in (Move.CLAIM, Move.SUCCEED, Move.FAIL, Move.RETRY, Move.CANCEL):
+        assert status == source  # a refused call changes nothing

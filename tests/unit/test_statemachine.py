@@ -90,7 +90,8 @@ def test_the_only_way_out_of_failed_is_waiting_for_a_retry() -> None:
         (Move.DISPATCH, {S.PENDING}, S.DISPATCHED),
         (Move.SUCCEED, {S.RUNNING}, S.SUCCEEDED),
         (Move.FAIL, {S.RUNNING, S.DISPATCHED}, S.FAILED),
-        (Move.REDISPATCH, {S.DISPATCHED, S.RUNNING, S.WAITING_RETRY}, S.DISPATCHED),
+        (Move.RETRY, {S.WAITING_RETRY}, S.DISPATCHED),
+        (Move.REDISPATCH, {S.DISPATCHED, S.RUNNING}, S.DISPATCHED),
         (Move.TIMEOUT_FAIL, {S.DISPATCHED, S.RUNNING}, S.FAILED),
     ],
 )
@@ -101,9 +102,10 @@ def test_step_table_rows_match_the_design(
     assert step_sources(move) == frozenset(sources)
 
 
-def test_a_timeout_never_fails_a_step_that_waits_for_its_retry() -> None:
+def test_a_waiting_retry_is_fired_by_its_timer_not_by_the_supervisor() -> None:
     assert S.WAITING_RETRY not in step_sources(Move.TIMEOUT_FAIL)
-    assert S.WAITING_RETRY in step_sources(Move.REDISPATCH)
+    assert S.WAITING_RETRY not in step_sources(Move.REDISPATCH)
+    assert step_sources(Move.RETRY) == {S.WAITING_RETRY}
 
 
 def test_every_step_status_but_pending_is_reachable_and_only_succeeded_is_a_dead_end() -> None:

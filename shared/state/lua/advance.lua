@@ -108,8 +108,19 @@ elseif s[1] == 'failed' then
   local delay = tonumber(s[7] or '-1')
   local due = now + (delay or -1)
   local close_by = tonumber(s[8] or '')
-  if delay and delay >= 0 and attempt < max_attempts and not (cancelled and not compensating)
-      and not (close_by and due >= close_by) then
+  local retry = delay and delay >= 0 and attempt < max_attempts
+    and not (cancelled and not compensating)
+  if retry and close_by and due >= close_by then
+    -- The next attempt would start past the step's schedule-to-close deadline.
+    local last = cjson.decode(s[6])
+    fail_step(step, now, 'ScheduleToCloseTimeout', 'no time left for attempt ' .. (attempt + 1)
+      .. ' (last error: ' .. last.type .. ': ' .. last.message .. ')')
+    s[6] = redis.call('HGET', step, 'error')
+    history(hist, now, by, 'timeout_fail', index, attempt, tonumber(s[2]), 'failed', 'failed',
+      'schedule-to-close timeout')
+    retry = false
+  end
+  if retry then
     redis.call('HSET', step, 'status', 'waiting_retry', 'complete_by', due)
     redis.call('ZREM', deadlines, member)
     redis.call('ZADD', timers, due, member)

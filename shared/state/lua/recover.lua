@@ -10,7 +10,7 @@ local index = tonumber(ARGV[7])
 local score = redis.call('ZSCORE', KEYS[4], member)
 if not score or tonumber(score) > now then return {'not_due'} end
 
-local j = redis.call('HMGET', KEYS[1], 'status', 'current')
+local j = redis.call('HMGET', KEYS[1], 'status', 'current', 'cancel_requested')
 local s = redis.call('HMGET', KEYS[2], 'status', 'attempt', 'max_attempts', 'lease', 'locked_by',
   'attempt_deadline', 'close_by')
 if j[1] == false or s[1] == false or allowed(TERMINAL_JOB, j[1]) or tonumber(j[2]) ~= index then
@@ -41,6 +41,14 @@ elseif status == 'running' then
   err_type, reason = 'LeaseExpired', 'lease expired (agent ' .. (s[5] or '?') .. ')'
 else
   err_type, reason = 'ScheduleToStartTimeout', 'not claimed in time'
+end
+-- A cancelled job's forward step is not tried again: it fails, and the scheduler
+-- compensates.
+if j[3] == '1' and j[1] ~= 'compensating' then
+  fail_step(KEYS[2], now, 'Cancelled', 'the job was cancelled; ' .. reason)
+  redis.call('ZADD', KEYS[4], ARGV[4], member)
+  history(KEYS[3], now, by, 'cancel', index, attempt, lease, status, 'failed', reason)
+  return {'announce', attempt, lease}
 end
 if attempt >= max_attempts or err_type == 'ScheduleToCloseTimeout' then
   fail_step(KEYS[2], now, err_type,
