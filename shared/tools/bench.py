@@ -12,37 +12,74 @@ import os
 import platform
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from sasfleet.shared.client import Client
 from sasfleet.shared.clihelpers import settings_options
 from sasfleet.shared.config import Settings
 from sasfleet.shared.messages.submit import SubmitJob
+from sasfleet.shared.render import console as make_console
+from sasfleet.shared.tools.cpu import broker_pids, cpu_seconds
 from sasfleet.shared.tools.fleet import LocalFleet
 from sasfleet.shared.tools.purge import purge_fleet
-from sasfleet.shared.tools.workload import RunResult, run_workload
+from sasfleet.shared.tools.workload import RunResult, order_steps, run_workload
+
+
+def echo_jobs(n: int) -> list[SubmitJob]:
+    """One-step echo jobs with a small JSON payload."""
+    return [SubmitJob(task="echo", payload={"n": i, "pad": "x" * 64}) for i in range(n)]
+
+
+def order_jobs(n: int, failure_share: float = 0.1) -> list[SubmitJob]:
+    """Three-step order jobs; ``failure_share`` of them fail at the last step (so two
+    compensations run) and every step fails 5% of its attempts (so retries run)."""
+    jobs = []
+    for i in range(n):
+        fail_step = "ship" if i % round(1 / failure_share) == 0 else ""
+        jobs.append(SubmitJob(steps=order_steps(f"o{i}", fail_rate=0.05, fail_step=fail_step)))
+    return jobs
+
+
+@dataclass
+class BenchRun:
+    result: RunResult
+    cpu_s: dict[str, float]  # CPU seconds by process kind during the measured run
 
 
 async def bench_once(
-    settings: Settings, jobs: int, agents: int, concurrency: int, in_flight: int
-) -> RunResult:
-    fleet = LocalFleet(settings, cwd=Path.cwd())
+    settings: Settings,
+    workload: list[SubmitJob],
+    agents: int,
+    concurrency: int,
+    in_flight: int,
+) -> BenchRun:
+    fleet = LocalFleet(settings, env={"SASFLEET_RETRY_INITIAL_S": "0.05"}, cwd=Path.cwd())
     try:
         fleet.scheduler()
         fleet.supervisor()
         for _ in range(agents):
             fleet.agent(concurrency=concurrency)
-        workload = [SubmitJob(task="echo", payload={"n": i, "pad": "x" * 64}) for i in range(jobs)]
         async with Client(settings) as client:
             # Warm up connections, queues and script caches outside the measurement.
-            await run_workload(client, workload[: min(100, jobs)], in_flight=in_flight)
-            return await run_workload(client, workload, in_flight=in_flight)
+            await run_workload(client, workload[: min(100, len(workload))], in_flight=in_flight)
+            kinds = {p.role: [] for p in fleet.processes}  # type: dict[str, list[int]]
+            for p in fleet.processes:
+                kinds[p.role].append(p.pid)
+            kinds.update(broker_pids())
+            kinds["client"] = [os.getpid()]
+            before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in kinds.items()}
+            result = await run_workload(client, workload, in_flight=in_flight)
+            cpu = {k: sum(cpu_seconds(p) for p in pids) - before[k] for k, pids in kinds.items()}
+            return BenchRun(result, cpu)
     finally:
         fleet.stop_all()
+
+
+_WORKLOADS = {"echo": echo_jobs, "order": order_jobs}
 
 
 @click.command()
@@ -57,42 +94,71 @@ async def bench_once(
     help="Submissions awaiting their publisher confirm at once.",
 )
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, 20))
+@click.option(
+    "--workload",
+    type=click.Choice(sorted(_WORKLOADS)),
+    default="echo",
+    show_default=True,
+    help="echo: one-step jobs; order: three-step jobs, 10% of "
+    "them compensated, 5% of attempts retried.",
+)
 @settings_options
 def bench(
-    jobs: int, agents: int, concurrency: int, in_flight: int, rounds: int, settings: Settings
+    jobs: int,
+    agents: int,
+    concurrency: int,
+    in_flight: int,
+    rounds: int,
+    workload: str,
+    settings: Settings,
 ) -> None:
-    """Benchmark one-step echo jobs end to end through scheduler, agents and supervisor."""
-    console = Console()
+    """Benchmark jobs end to end through scheduler, agents and supervisor."""
+    console = make_console()
     console.print(
-        f"sasfleet bench -n {jobs} --agents {agents} --concurrency {concurrency} "
-        f"--in-flight {in_flight} --rounds {rounds}\n"
+        f"sasfleet bench -n {jobs} --workload {workload} --agents {agents} "
+        f"--concurrency {concurrency} --in-flight {in_flight} --rounds {rounds}\n"
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
         f"1 scheduler, 1 supervisor, {agents} agent processes; durable: quorum queues, "
         "persistent messages, publisher confirms, ack after record, state in Redis"
     )
     table = Table()
-    for col in ("round", "jobs", "ok", "seconds", "jobs/s", "p50 ms", "p95 ms", "p99 ms"):
+    for col in (
+        "round",
+        "jobs",
+        "final states",
+        "seconds",
+        "jobs/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "CPU s / 1k jobs",
+    ):
         table.add_column(col, justify="right")
+    expected = "succeeded" if workload == "echo" else None
     all_ok = True
     for r in range(1, rounds + 1):
         run_settings = settings.model_copy(
             update={"prefix": f"{settings.prefix}-bench-{uuid.uuid4().hex[:6]}"}
         )
         try:
-            result = asyncio.run(bench_once(run_settings, jobs, agents, concurrency, in_flight))
+            run = asyncio.run(
+                bench_once(run_settings, _WORKLOADS[workload](jobs), agents, concurrency, in_flight)
+            )
         finally:
             asyncio.run(purge_fleet(run_settings))
-        ok = result.by_status().get("succeeded", 0)
-        all_ok &= ok == jobs
+        result, states = run.result, run.result.by_status()
+        all_ok &= sum(states.values()) == jobs and (expected is None or states[expected] == jobs)
+        cpu = ", ".join(f"{k} {v * 1000 / jobs:.2f}" for k, v in sorted(run.cpu_s.items()))
         table.add_row(
             str(r),
             str(jobs),
-            str(ok),
+            " ".join(f"{k}={v}" for k, v in sorted(states.items())),
             f"{result.elapsed_s:.2f}",
             f"{result.throughput:.0f}",
             f"{result.percentile_ms(50):.1f}",
             f"{result.percentile_ms(95):.1f}",
             f"{result.percentile_ms(99):.1f}",
+            cpu,
         )
     console.print(table)
     sys.exit(0 if all_ok else 1)

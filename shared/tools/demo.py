@@ -22,27 +22,23 @@ from rich.table import Table
 from sasfleet.shared.client import Client, JobOutcome
 from sasfleet.shared.clihelpers import settings_options
 from sasfleet.shared.config import Settings
-from sasfleet.shared.messages.submit import StepSpec, SubmitJob
+from sasfleet.shared.messages.submit import SubmitJob
+from sasfleet.shared.render import console as make_console
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.tools.fleet import LocalFleet
 from sasfleet.shared.tools.purge import purge_fleet
-from sasfleet.shared.tools.workload import RunResult, run_workload
-
-ORDER_STEPS = ("reserve_stock", "charge_card", "ship")
+from sasfleet.shared.tools.workload import RunResult, order_steps, run_workload
 
 
 def demo_jobs(n: int, order_share: float, fail_rate: float, seed: int) -> list[SubmitJob]:
     """``n`` jobs: one-step echoes and three-step orders whose steps fail at ``fail_rate``."""
     rng = random.Random(seed)
-    jobs = []
-    for i in range(n):
-        if rng.random() < order_share:
-            payload = {"order_id": f"order-{i}", "fail_rate": fail_rate, "work_s": 0.02}
-            steps = [StepSpec(task=t, payload=payload, max_attempts=6) for t in ORDER_STEPS]
-            jobs.append(SubmitJob(steps=steps))
-        else:
-            jobs.append(SubmitJob(task="echo", payload={"n": i}))
-    return jobs
+    return [
+        SubmitJob(steps=order_steps(f"order-{i}", fail_rate=fail_rate, work_s=0.02))
+        if rng.random() < order_share
+        else SubmitJob(task="echo", payload={"n": i})
+        for i in range(n)
+    ]
 
 
 async def _history_counts(settings: Settings, job_ids: list[str]) -> Counter[str]:
@@ -169,7 +165,7 @@ def demo(
 ) -> None:
     """Run the demo workload through all three services; exit 0 only if every job
     succeeded."""
-    console = Console()
+    console = make_console()
     settings = settings.model_copy(
         update={"prefix": f"{settings.prefix}-demo-{uuid.uuid4().hex[:6]}"}
     )

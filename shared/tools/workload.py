@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sasfleet.shared.client import Client, JobOutcome
-from sasfleet.shared.messages.submit import SubmitJob
+from sasfleet.shared.messages.submit import StepSpec, SubmitJob
 
 
 @dataclass
@@ -73,3 +73,34 @@ async def run_workload(
     await asyncio.gather(*(one(j) for j in jobs))
     result.finished = time.perf_counter()
     return result
+
+
+ORDER_STEPS = ("reserve_stock", "charge_card", "ship")
+ORDER_COMPENSATIONS = {"reserve_stock": "release_stock", "charge_card": "refund_card"}
+
+
+def order_steps(
+    order_id: str,
+    *,
+    fail_rate: float = 0.0,
+    fail_step: str = "",
+    work_s: float = 0.0,
+    max_attempts: int = 6,
+) -> list[StepSpec]:
+    """The three-step order job of ``examples.tasks`` (reserve, charge, ship; the first two
+    compensated): steps fail ``fail_rate`` of their attempts, ``fail_step`` always."""
+    payload = {
+        "order_id": order_id,
+        "fail_rate": fail_rate,
+        "fail_step": fail_step,
+        "work_s": work_s,
+    }
+    return [
+        StepSpec(
+            task=t,
+            payload=payload,
+            max_attempts=max_attempts,
+            compensation=ORDER_COMPENSATIONS.get(t),
+        )
+        for t in ORDER_STEPS
+    ]
