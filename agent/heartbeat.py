@@ -81,6 +81,10 @@ class Heartbeat:
             return
         progress, r.context.progress = r.context.progress, b""
         answer = await store.renew(d.job_id, d.step, d.lease, lease_ms, progress)
+        if answer == LEASE_LOST and r.finishing:
+            # The step's own outcome was just recorded (so it is no longer running): let the
+            # runner finish announcing it instead of cancelling it half-way.
+            return
         if answer == LEASE_LOST:
             log.warning(
                 "lease %d of %s step %d was taken over; dropping the step",

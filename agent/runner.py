@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from sasfleet.agent.policy import fleet_policy, step_policy
 from sasfleet.agent.registry import Registry, TaskDef
 from sasfleet.agent.slots import PrioritySlots
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
-from sasfleet.shared.amqp.fleet import FleetChannel
+from sasfleet.shared.amqp.fleet import DISPATCHED_AT_HEADER, FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.errors import NonRetryableError, PublishFailed, RetryAfter
 from sasfleet.shared.messages.codec import DECODE_ERRORS, dispatch_decoder, encode
@@ -24,8 +25,14 @@ from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.statemachine import RetryPolicy
+from sasfleet.shared.telemetry import metrics, tracing
+from sasfleet.shared.telemetry.logs import job_scope
+from sasfleet.shared.telemetry.tracing import NO_SPAN, Traced
 
 log = logging.getLogger(__name__)
+
+# Room for a dispatch's fields around its payload (ids, task name, retry policy).
+DISPATCH_ENVELOPE_BYTES = 8192
 
 
 @dataclass(slots=True)
@@ -37,6 +44,8 @@ class RunningStep:
     policy: RetryPolicy
     task: asyncio.Task[None] | None = None
     stop_reason: ErrorInfo | None = None  # None: stopped without an outcome to record
+    span: Traced = NO_SPAN  # the attempt's span: the handler's own spans nest under it
+    finishing: bool = False  # its outcome is being recorded: a renewal may find it moved on
 
     def stop(self, reason: ErrorInfo | None) -> None:
         self.stop_reason = reason
@@ -87,15 +96,23 @@ class Runner:
                 self.slots.release()
 
     async def _take(self, message: Delivery) -> tuple[Outcome, bool]:
-        if len(message.body) > self.settings.max_payload_bytes:
+        # A dispatch carries a payload the scheduler accepted (within the limit) plus a
+        # small envelope: only something larger is not one of ours.
+        limit = self.settings.max_payload_bytes + DISPATCH_ENVELOPE_BYTES
+        if len(message.body) > limit:
             return DeadLetter(
-                f"dispatch of {len(message.body)} bytes exceeds the payload "
-                f"limit of {self.settings.max_payload_bytes} bytes"
+                f"dispatch of {len(message.body)} bytes exceeds the limit of {limit} bytes "
+                "(payload limit plus envelope)",
+                "too_large",
             ), False
         try:
             d = dispatch_decoder.decode(message.body)
         except DECODE_ERRORS as exc:
             return DeadLetter(f"invalid step dispatch: {exc}"), False
+        with job_scope(d.job_id, d.step, attempt=d.attempt, lease=d.lease, task=d.task):
+            return await self._claim_and_start(message, d)
+
+    async def _claim_and_start(self, message: Delivery, d: StepDispatch) -> tuple[Outcome, bool]:
         task = self.registry.tasks.get(d.task)
         policy = step_policy(self.base_policy, task, d)
         if not await self.store.claim(
@@ -108,17 +125,40 @@ class Runner:
                 d.lease,
                 extra={"job_id": d.job_id, "step": d.step},
             )
+            metrics.STALE_DISPATCHES.inc()
+            tracing.current().event("stale or duplicate dispatch dropped")
             return Ack(), False
+        metrics.ATTEMPTS.labels(d.task).inc()
+        _observe_queue_wait(d.task, message)
         if task is None:
             reason = f"unknown task {d.task!r}: no handler registered on this agent"
             await self._finish(
                 d, policy, error=ErrorInfo(type="UnknownTask", message=reason, retryable=False)
             )
-            return DeadLetter(reason), False
+            return DeadLetter(reason, "unknown_task"), False
         # The claim is recorded: from here the step lives by its lease, not the delivery.
         running = RunningStep(d, self._context(d), policy)
+        running.span = tracing.job_span(
+            f"{'compensate' if d.compensates is not None else 'run'} {d.task}",
+            tracing.job_attributes(
+                d.job_id,
+                d.step,
+                task=d.task,
+                attempt=d.attempt,
+                lease=d.lease,
+                agent=self.agent_id,
+                compensates=d.compensates,
+            )
+            if tracing.active()
+            else {},
+        )
+        superseded = self.running.get((d.job_id, d.step))
+        if superseded is not None:  # this agent still runs an attempt the claim fenced out
+            superseded.stop(None)
         self.running[(d.job_id, d.step)] = running
-        running.task = asyncio.create_task(self._execute(running, task))
+        metrics.RUNNING_STEPS.set(len(self.running))
+        with running.span.current():  # the task (and the handler) run inside the span
+            running.task = asyncio.create_task(self._execute(running, task))
         return Ack(), True
 
     async def release_all(self) -> int:
@@ -176,13 +216,16 @@ class Runner:
                 extra={"job_id": d.job_id, "step": d.step},
             )
         finally:
-            self.running.pop((d.job_id, d.step), None)
+            if self.running.get((d.job_id, d.step)) is running:  # not a newer attempt's
+                del self.running[(d.job_id, d.step)]
+            metrics.RUNNING_STEPS.set(len(self.running))
             self.slots.release()
+            running.span.end()
 
     async def _run_and_record(self, running: RunningStep, task: TaskDef) -> None:
         d, policy = running.dispatch, running.policy
         try:
-            result = await self._call(running, task)
+            result = await self._timed_call(running, task)
         except TimeoutError:
             await self._finish(
                 d,
@@ -210,6 +253,7 @@ class Runner:
                 retry_after_ms=int(exc.delay_s * 1000),
             )
         except Exception as exc:
+            running.span.exception(exc)
             await self._finish(
                 d,
                 policy,
@@ -221,6 +265,19 @@ class Runner:
             )
         else:
             await self._finish_with_result(d, policy, result)
+
+    async def _timed_call(self, running: RunningStep, task: TaskDef) -> Any:
+        """The handler's call, its duration observed by task and outcome."""
+        started, outcome = time.monotonic(), "failed"
+        try:
+            result = await self._call(running, task)
+            outcome = "succeeded"
+            return result
+        except asyncio.CancelledError:
+            outcome = "stopped"
+            raise
+        finally:
+            metrics.STEP_DURATION.labels(task.name, outcome).observe(time.monotonic() - started)
 
     async def _call(self, running: RunningStep, task: TaskDef) -> Any:
         d = running.dispatch
@@ -269,11 +326,17 @@ class Runner:
         retry_after_ms: int | None = None,
     ) -> None:
         """Record the outcome under this attempt's lease, then tell the schedulers."""
+        running = self.running.get((d.job_id, d.step))
+        if running is not None and running.dispatch.lease == d.lease:
+            running.finishing = True
         retry_delay = None
+        span = tracing.current()  # the attempt's span (a delivery's, for an unknown task)
         if error is not None:
             retry_delay = policy.next_delay_ms(
                 d.attempt, error.retryable, error.type, retry_after_ms
             )
+            metrics.count_timeout(error.type)
+            span.error(f"{error.type}: {error.message}", error_type=error.type)
         recorded = await self.store.record(
             d.job_id,
             d.step,
@@ -293,9 +356,21 @@ class Runner:
                 d.lease,
                 extra={"job_id": d.job_id, "step": d.step, "attempt": d.attempt},
             )
+            metrics.STALE_RESULTS.labels(d.task).inc()
+            span.error(f"lease {d.lease} was taken over: result rejected", error_type="StaleResult")
             return
+        span.set({tracing.OUTCOME: "failed" if error is not None else "succeeded"})
         self.completed += 1
         try:
             await self.fleet.announce(d.job_id, d.step, d.attempt, d.lease)
         except PublishFailed:
             log.warning("could not announce %s step %d; the supervisor will", d.job_id, d.step)
+
+
+def _observe_queue_wait(task: str, message: Delivery) -> None:
+    """From the dispatch's publish to this claim (clocks of both hosts, so roughly)."""
+    sent = message.headers.get(DISPATCHED_AT_HEADER)
+    if isinstance(sent, int) and not isinstance(sent, bool):
+        waited = time.time() - sent / 1000
+        if waited >= 0:
+            metrics.QUEUE_WAIT.labels(task).observe(waited)

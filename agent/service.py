@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from sasfleet.agent.heartbeat import Heartbeat
 from sasfleet.agent.registry import Registry
@@ -15,6 +16,7 @@ from sasfleet.shared.runtime import every, mark_ready, retry_until_up
 from sasfleet.shared.state.agents import AgentRegistry, agent_connection_prefix
 from sasfleet.shared.state.connection import connect_redis
 from sasfleet.shared.state.store import StateStore
+from sasfleet.shared.telemetry.health import Health, observed
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +45,35 @@ class AgentService:
         redis = connect_redis(
             s.redis_url.get_secret_value(), name=agent_connection_prefix(s.prefix) + self.instance
         )
-        await retry_until_up("redis", stop, redis.ping)
-        store = StateStore(redis, s.prefix)
-        agents = AgentRegistry(redis, s.prefix)
         fleet = FleetChannel(
             s.amqp_url.get_secret_value(), s.prefix, self.instance, s.amqp_heartbeat_s
         )
+        health = Health("agent", self.instance, ("redis", "amqp", "consuming"))
+
+        async def redis_up() -> bool:
+            return bool(await redis.ping())
+
+        probes = {"redis": redis_up, "amqp": fleet.connected}
+        async with observed(
+            health, s.metrics_host, s.metrics_port, stop, probes, s.metrics_interval_s
+        ):
+            await self._run(stop, ready_file, redis, fleet, health)
+
+    async def _run(
+        self,
+        stop: asyncio.Event,
+        ready_file: str | None,
+        redis: Any,
+        fleet: FleetChannel,
+        health: Health,
+    ) -> None:
+        s = self.settings
+        await retry_until_up("redis", stop, redis.ping)
+        health.set("redis", True)
+        store = StateStore(redis, s.prefix)
+        agents = AgentRegistry(redis, s.prefix)
         await retry_until_up("rabbitmq", stop, lambda: fleet.open(self.concurrency))
+        health.set("amqp", True)
         runner = Runner(s, self.registry, store, fleet, self.concurrency)
         heartbeat = Heartbeat(
             runner, agents, self.pool, self.concurrency, min(s.heartbeat_s, s.lease_s / 3)
@@ -68,8 +92,10 @@ class AgentService:
                 self.concurrency,
                 ", ".join(sorted(self.registry.tasks)),
             )
+            health.set("consuming", True)
             mark_ready(ready_file)
             await stop.wait()
+            health.set("consuming", False)  # draining: not ready for new work
             log.info("agent %s draining %d running steps", self.instance, len(runner.running))
             for consumer in consumers:
                 await consumer.stop(grace_s=0)

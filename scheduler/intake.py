@@ -17,6 +17,9 @@ from sasfleet.shared.messages.submit import StepSpec, SubmitJob
 from sasfleet.shared.state.records import CreateResult, NewJob, NewStep
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.statemachine import StepStatus
+from sasfleet.shared.telemetry import metrics, tracing
+from sasfleet.shared.telemetry.logs import job_scope
+from sasfleet.shared.telemetry.traceparent import is_valid as valid_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class Intake:
                 f"message of {len(body)} bytes exceeds the payload limit of "
                 f"{self.settings.max_payload_bytes} bytes",
                 parse=False,
+                kind="too_large",
             )
         try:
             submit = submit_decoder.decode(body)
@@ -52,16 +56,17 @@ class Intake:
             job_id = await self.store.reserve_idempotency_key(
                 submit.idempotency_key, job_id, self.settings.job_ttl_s
             )
-        created = await self.accept(
-            submit,
-            steps,
-            job_id,
-            reply_to=message.reply_to or "",
-            correlation_id=message.correlation_id or "",
-            traceparent=message.header(TRACEPARENT),
-        )
-        if created.order is None:  # a duplicate, a delayed start, or cancelled on arrival
-            await self._reply_if_finished(job_id, message)
+        with job_scope(job_id):
+            created = await self.accept(
+                submit,
+                steps,
+                job_id,
+                reply_to=message.reply_to or "",
+                correlation_id=message.correlation_id or "",
+                traceparent=job_traceparent(message),
+            )
+            if created.order is None:  # a duplicate, a delayed start, or cancelled on arrival
+                await self._reply_if_finished(job_id, message)
         return Ack()
 
     async def accept(
@@ -88,6 +93,7 @@ class Intake:
         created = await self.store.create_job(job, self.fleet.by)
         if created.created:
             self.accepted += 1
+            metrics.JOBS_SUBMITTED.inc()
         if created.order is None:
             if created.start_at_ms:
                 log.info(
@@ -115,12 +121,14 @@ class Intake:
         return now + delay if delay > 0 else 0
 
     def _job_id(self, submit: SubmitJob, message: Delivery) -> str:
+        # With an idempotency key the id is derived from the key (not the message_id), so
+        # every client that re-submits with the key, from any library, learns the same id.
         if submit.job_id:
             return submit.job_id
-        if message.message_id:
-            return message.message_id
         if submit.idempotency_key:
             return job_id_for_key(submit.idempotency_key)
+        if message.message_id:
+            return message.message_id
         return new_job_id()
 
     async def _reply_if_finished(self, job_id: str, message: Delivery) -> None:
@@ -131,26 +139,44 @@ class Intake:
                     message.reply_to, message.correlation_id or "", job_finished(job_id, finished)
                 )
 
-    async def _reject(self, message: Delivery, reason: str, *, parse: bool = True) -> Outcome:
+    async def _reject(
+        self, message: Delivery, reason: str, *, parse: bool = True, kind: str = "invalid"
+    ) -> Outcome:
         """Dead-letter a submission; when it names a job, that job is recorded FAILED."""
+        metrics.JOBS_REJECTED.inc()
         job_id = _named_job_id(message, parse)
-        error = ErrorInfo(type="InvalidSubmission", message=reason, retryable=False)
         if job_id is not None:
-            await self.store.fail_submission(
-                job_id,
-                error,
-                self.fleet.by,
-                message.reply_to or "",
-                message.correlation_id or "",
-                self.settings.job_ttl_s,
-            )
+            tracing.annotate(tracing.job_attributes(job_id))
+        error = ErrorInfo(type="InvalidSubmission", message=reason, retryable=False)
+        if job_id is not None and not await self.store.fail_submission(
+            job_id,
+            error,
+            self.fleet.by,
+            message.reply_to or "",
+            message.correlation_id or "",
+            self.settings.job_ttl_s,
+        ):
+            # The id names an existing job, which this bad message does not change: answer
+            # as for any repeated submission (its final state, once it has one).
+            await self._reply_if_finished(job_id, message)
+            return DeadLetter(reason, kind)
         if message.reply_to:
             await self.fleet.reply(
                 message.reply_to,
                 message.correlation_id or "",
                 JobFinished(job_id=job_id or "", status="failed", error=error),
             )
-        return DeadLetter(reason)
+        return DeadLetter(reason, kind)
+
+
+def job_traceparent(message: Delivery) -> str:
+    """The trace context kept with the job: the submitter's (a client's publish span, or a
+    raw AMQP client's own ``traceparent``), else, when the message carried none (or an
+    invalid one), the context of this scheduler's consume, which then starts the trace."""
+    sent = message.header(TRACEPARENT).strip()
+    if sent and valid_traceparent(sent):
+        return sent
+    return tracing.current_traceparent()
 
 
 def new_step(spec: StepSpec, s: Settings) -> NewStep:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from sasfleet.scheduler.intake import Intake
 from sasfleet.scheduler.progress import Progress
@@ -16,6 +17,8 @@ from sasfleet.shared.state.keys import parse_deadline_member
 from sasfleet.shared.state.records import Announce, DispatchOrder
 from sasfleet.shared.state.schedules import Schedules
 from sasfleet.shared.state.store import StateStore
+from sasfleet.shared.telemetry import metrics, tracing
+from sasfleet.shared.telemetry.logs import job_scope
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +63,56 @@ class Timers:
             log.error("ignoring a malformed timer %r", member)
             return
         try:
-            action = await self.store.fire_timer(
-                job_id,
-                step,
-                self.fleet.by,
-                announce_after_ms=int(self.settings.advance_grace_s * 1000),
-            )
-            if isinstance(action, DispatchOrder):
-                self.fired += 1
-                await self.fleet.dispatch(action)
-            elif isinstance(action, Announce):
-                await self.progress.advance(job_id, action.step, action.lease)
+            with job_scope(job_id, step):
+                await self._fire_one(job_id, step)
         except Exception:
             # Nothing is lost: a dispatch that failed to publish is recovered by the
             # supervisor's deadline, an outcome left unannounced by its re-announce.
             log.exception("firing timer %s failed", member, extra={"job_id": job_id})
 
+    async def _fire_one(self, job_id: str, step: int) -> None:
+        started = time.time_ns() if tracing.active() else None
+        action = await self.store.fire_timer(
+            job_id,
+            step,
+            self.fleet.by,
+            announce_after_ms=int(self.settings.advance_grace_s * 1000),
+        )
+        if isinstance(action, DispatchOrder):
+            self.fired += 1
+            retry = action.attempt > 1  # else a delayed job's first step
+            if retry:
+                metrics.RETRIES.labels(action.task).inc()
+            # The timer's span joins the job's trace through its stored traceparent; it
+            # starts when the timer was claimed, and the dispatch's publish nests under it.
+            with tracing.job_span(
+                f"{'retry' if retry else 'start'} {action.task}",
+                tracing.job_attributes(
+                    job_id, step, task=action.task, attempt=action.attempt, lease=action.lease
+                )
+                if started
+                else {},
+                traceparent=action.traceparent,
+                start_ns=started,
+            ):
+                await self.fleet.dispatch(action)
+        elif isinstance(action, Announce):
+            # A timer that fires past the step's schedule-to-close deadline fails the step.
+            metrics.count_timeout("ScheduleToCloseTimeout")
+            await self.progress.advance(job_id, action.step, action.lease)
+
     async def _fire_schedule(self, schedule: Schedule, tick: int) -> None:
         """Create this tick's job, then move the schedule on. The job id is the tick's, so
         a scheduler that dies between the two, or a second scheduler, creates it once."""
         job_id = f"cron-{schedule.name}-{tick}"
-        await self.intake.accept(schedule.job, schedule.job.step_specs(), job_id)
+        # A tick's job starts its own trace here.
+        with tracing.job_span(
+            f"schedule {schedule.name}",
+            {tracing.JOB_ID: job_id, "sasfleet.schedule.name": schedule.name},
+        ) as span:
+            await self.intake.accept(
+                schedule.job, schedule.job.step_specs(), job_id, traceparent=span.traceparent
+            )
         later = next_tick_ms(schedule.cron, max(tick, self.store.clock.now_ms()))
         if await self.schedules.advance(schedule.name, tick, later):
             log.info(

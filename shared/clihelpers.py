@@ -11,16 +11,16 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from sasfleet.shared.config import load_settings
+from sasfleet.shared.config import Settings, load_settings
+from sasfleet.shared.ids import instance_id
 from sasfleet.shared.runtime import stop_on_signals
 from sasfleet.shared.telemetry.logs import setup_logging
+from sasfleet.shared.telemetry.tracing import setup_tracing, shutdown_tracing
 
 F = Callable[..., Any]
 
 
-def settings_options(fn: F) -> F:
-    """Add --amqp-url, --redis-url and --prefix; pass ``settings`` (env + flags) instead."""
-
+def _with_settings(fn: F, *, cli_tracing: bool) -> F:
     @click.option("--amqp-url", envvar=None, help="RabbitMQ URL [env SASFLEET_AMQP_URL].")
     @click.option("--redis-url", envvar=None, help="Redis URL [env SASFLEET_REDIS_URL].")
     @click.option("--prefix", envvar=None, help="Queue/key prefix [env SASFLEET_PREFIX].")
@@ -32,15 +32,24 @@ def settings_options(fn: F) -> F:
             settings = load_settings(amqp_url=amqp_url, redis_url=redis_url, prefix=prefix)
         except ValidationError as exc:
             raise click.UsageError(f"invalid configuration:\n{exc}") from exc
+        if cli_tracing:
+            # A CLI submission starts its job's trace (when OTEL_* configure tracing); the
+            # provider flushes its spans when the process exits.
+            setup_tracing("cli", instance_id("cli"))
         return fn(*args, settings=settings, **kwargs)
 
     return wrapper
 
 
-def common_options(fn: F) -> F:
-    """Settings flags plus --ready-file and --log-level, for the three services."""
+def settings_options(fn: F) -> F:
+    """Add --amqp-url, --redis-url and --prefix; pass ``settings`` (env + flags) instead."""
+    return _with_settings(fn, cli_tracing=True)
 
-    @settings_options
+
+def common_options(fn: F) -> F:
+    """Settings flags plus --ready-file, --log-level and --metrics-port, for the three
+    services (which set up their tracing in :func:`service_main`)."""
+
     @click.option(
         "--ready-file",
         type=click.Path(dir_okay=False),
@@ -52,11 +61,20 @@ def common_options(fn: F) -> F:
         show_default=True,
         type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     )
+    @click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        help="Serve /metrics, /healthz and /readyz on this port (0: off) "
+        "[env SASFLEET_METRICS_PORT].",
+    )
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
+    def wrapper(*args: Any, settings: Settings, metrics_port: int | None, **kwargs: Any) -> Any:
+        if metrics_port is not None:
+            settings = settings.model_copy(update={"metrics_port": metrics_port})
+        return fn(*args, settings=settings, **kwargs)
 
-    return wrapper
+    return _with_settings(wrapper, cli_tracing=False)
 
 
 def service_main(
@@ -67,6 +85,7 @@ def service_main(
 ) -> None:
     """Run a service until SIGTERM/SIGINT, then let it drain; exit code 0 on a clean stop."""
     setup_logging(service, instance, log_level)
+    setup_tracing(service, instance)
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -77,5 +96,8 @@ def service_main(
             if not stop.is_set():
                 raise
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    finally:
+        shutdown_tracing()  # flush the spans still batched
     logging.getLogger(__name__).info("%s %s stopped", service, instance)

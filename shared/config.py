@@ -78,6 +78,21 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(
         7 * 24 * 3600, gt=0, description="How long finished jobs stay in Redis, seconds."
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of a service's /metrics, /healthz and /readyz (0: not served).",
+    )
+    metrics_host: str = Field(
+        "0.0.0.0", description="Address the metrics and health endpoints listen on."
+    )
+    metrics_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often a service probes Redis and RabbitMQ for /readyz and samples "
+        "gauges (queue depths, live agents).",
+    )
 
     @field_validator("prefix")
     @classmethod

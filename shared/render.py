@@ -11,6 +11,7 @@ from rich.table import Table
 
 from sasfleet.shared.messages.codec import encode
 from sasfleet.shared.state.views import AgentView, JobView, StepView
+from sasfleet.shared.telemetry.traceparent import trace_id
 
 
 def console() -> Console:
@@ -48,7 +49,12 @@ def render_job(out: Console, job: JobView) -> None:
     if job.idempotency_key:
         out.print(f"idempotency key: {job.idempotency_key}")
     if job.traceparent:
-        out.print(f"traceparent: {job.traceparent}")
+        trace = trace_id(job.traceparent)
+        if trace:
+            # The id to paste into Jaeger's search (or its /trace/<id> URL).
+            out.print(f"trace id: [bold]{trace}[/bold]  (traceparent {job.traceparent})")
+        else:
+            out.print(f"traceparent: {job.traceparent} (not a valid W3C traceparent)")
     if job.result is not None:
         out.print(f"result: {_short(job.result, 200)}")
     if job.error is not None:

@@ -11,6 +11,8 @@ import urllib.request
 from sasfleet.shared.messages.codec import encode
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.store import StateStore
+from sasfleet.shared.telemetry import metrics, tracing
+from sasfleet.shared.telemetry.logs import job_scope
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,22 @@ class Escalations:
 
     async def tick(self) -> bool:
         for job_id in await self.store.claim_escalations(50, RETRY_AFTER_MS):
-            view = await self.reader.job(job_id)
+            with job_scope(job_id):
+                await self._report(job_id)
+        return False
+
+    async def _report(self, job_id: str) -> None:
+        view = await self.reader.job(job_id)
+        # The report joins the job's trace (the escalation is the job's error there too).
+        span = (
+            tracing.job_span(
+                "escalate", tracing.job_attributes(job_id), traceparent=view.traceparent or ""
+            )
+            if view is not None
+            else tracing.NO_SPAN
+        )
+        with span:
+            span.error("a compensation could not finish: the job needs a person", None, "Escalated")
             log.error(
                 "job %s is ESCALATED and needs a person: %s",
                 job_id,
@@ -50,10 +67,11 @@ class Escalations:
                         RETRY_AFTER_MS // 1000,
                         extra={"job_id": job_id},
                     )
-                    continue
+                    span.event("webhook failed", {"error": str(exc)[:200]})
+                    return
             await self.store.escalation_reported(job_id)
             self.reported += 1
-        return False
+            metrics.ESCALATIONS_REPORTED.inc()
 
 
 def _post(url: str, body: bytes) -> None:

@@ -5,10 +5,12 @@ instead of when their leases run out."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from sasfleet.shared.state.agents import AgentRegistry
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import AgentView
+from sasfleet.shared.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,18 @@ class Liveness:
         now = self.store.clock.now_ms()
         records = await self.agents.live()
         connected = await self.agents.connected()
+        lost: set[str] = set()
         for agent in records:
-            reason = self._verdict(agent, connected, now)
-            if reason is None:
+            verdict = self._verdict(agent, connected, now)
+            if verdict is None:
                 continue
+            why, reason = verdict
             expired = await self.store.expire_agent(agent.agent_id)
             await self.agents.leave(agent.agent_id)
             self._missing.pop(agent.agent_id, None)
             self.detected += 1
+            lost.add(agent.agent_id)
+            metrics.AGENTS_LOST.labels(why).inc()
             log.warning(
                 "agent %s (pid %d on %s) %s; recovering its %d running steps now",
                 agent.agent_id,
@@ -49,15 +55,24 @@ class Liveness:
             )
         live = {a.agent_id for a in records}
         self._missing = {k: v for k, v in self._missing.items() if k in live}
+        self._count_live([a for a in records if a.agent_id not in lost])
         return False
 
-    def _verdict(self, agent: AgentView, connected: set[str], now: int) -> str | None:
+    @staticmethod
+    def _count_live(agents: list[AgentView]) -> None:
+        per_pool = Counter(a.pool for a in agents)
+        metrics.LIVE_AGENTS.clear()  # pools with no agent left drop out
+        for pool, count in per_pool.items():
+            metrics.LIVE_AGENTS.labels(pool).set(count)
+
+    def _verdict(self, agent: AgentView, connected: set[str], now: int) -> tuple[str, str] | None:
+        """None while the agent is well; else (``hung`` or ``dead``, why in words)."""
         if now - agent.last_beat > self.timeout_ms:
-            return f"sent no heartbeat for {(now - agent.last_beat) / 1000:.1f}s"
+            return "hung", f"sent no heartbeat for {(now - agent.last_beat) / 1000:.1f}s"
         if agent.agent_id in connected:
             self._missing.pop(agent.agent_id, None)
             return None
         self._missing[agent.agent_id] = self._missing.get(agent.agent_id, 0) + 1
         if self._missing[agent.agent_id] >= MISSING_SCANS:
-            return "has no connection to Redis any more (process gone)"
+            return "dead", "has no connection to Redis any more (process gone)"
         return None

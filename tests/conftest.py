@@ -121,14 +121,23 @@ def fleet_env(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
 def settings(fleet_env: dict[str, str], broker_and_redis_up: None) -> Settings:
     """Settings of the test's fleet: a unique prefix plus the fast timings."""
     overrides = {
-        k[len(ENV_PREFIX):].lower(): v for k, v in fleet_env.items() if k.startswith(ENV_PREFIX)
+        k[len(ENV_PREFIX) :].lower(): v for k, v in fleet_env.items() if k.startswith(ENV_PREFIX)
     }
     return load_settings(**overrides)
 
 
 @pytest.fixture
+def pools(settings: Settings) -> set[str]:
+    """Agent pools whose queues teardown deletes (add any a test uses)."""
+    return {settings.default_pool}
+
+
+@pytest.fixture
 async def fleet(
-    request: pytest.FixtureRequest, settings: Settings, fleet_env: dict[str, str]
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    fleet_env: dict[str, str],
+    pools: set[str],
 ) -> AsyncIterator[LocalFleet]:
     """A LocalFleet under the test's prefix (nothing started yet).
 
@@ -137,8 +146,6 @@ async def fleet(
     """
     local = LocalFleet(settings, env=dict(fleet_env), cwd=REPO_ROOT)
     request.node._sasfleet_fleet = local
-    pools: set[str] = {settings.default_pool}
-    request.node._sasfleet_pools = pools
     try:
         yield local
     finally:
@@ -147,8 +154,7 @@ async def fleet(
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     report = yield
     local: LocalFleet | None = getattr(item, "_sasfleet_fleet", None)
     if local is not None and report.failed and not getattr(report, "wasxfail", None):
@@ -211,8 +217,9 @@ async def client(settings: Settings) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    connection = aioredis.Redis.from_url(settings.redis_url.get_secret_value(),
-                                         decode_responses=True)
+    connection = aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(), decode_responses=True
+    )
     try:
         yield connection
     finally:
@@ -257,8 +264,9 @@ def eventually() -> Callable[..., Awaitable[Any]]:
 class JobWaiter:
     client: Client
 
-    async def until(self, job_id: str, check: Callable[[JobView], bool], *, timeout: float,
-                    what: str) -> JobView:
+    async def until(
+        self, job_id: str, check: Callable[[JobView], bool], *, timeout: float, what: str
+    ) -> JobView:
         async def probe() -> JobView | None:
             view = await self.client.get(job_id)
             return view if view is not None and check(view) else None
@@ -266,8 +274,9 @@ class JobWaiter:
         return await wait_until(probe, timeout=timeout, what=f"job {job_id}: {what}")
 
     async def status(self, job_id: str, status: str, *, timeout: float = 20.0) -> JobView:
-        return await self.until(job_id, lambda v: v.status == status, timeout=timeout,
-                                what=f"status {status}")
+        return await self.until(
+            job_id, lambda v: v.status == status, timeout=timeout, what=f"status {status}"
+        )
 
 
 @pytest.fixture
@@ -299,8 +308,12 @@ class RawAmqp:
 
     async def publish(self, body: bytes, routing_key: str | None = None, **props: Any) -> None:
         """Persistent publish to the default exchange (routing key: the submit queue)."""
-        message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                   content_type="application/json", **props)
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+            **props,
+        )
         await self.channel.default_exchange.publish(
             message, routing_key=routing_key or self.names.submit
         )
@@ -311,16 +324,39 @@ class RawAmqp:
     async def reply_queue(self) -> AbstractQueue:
         return await self.channel.declare_queue(exclusive=True, auto_delete=True)
 
-    async def next_message(self, queue: AbstractQueue, *, timeout: float = 15.0,
-                           what: str = "a reply") -> AbstractIncomingMessage:
+    async def next_message(
+        self, queue: AbstractQueue, *, timeout: float = 15.0, what: str = "a reply"
+    ) -> AbstractIncomingMessage:
         async def probe() -> AbstractIncomingMessage | None:
             return await queue.get(no_ack=True, fail=False)
 
         return await wait_until(probe, timeout=timeout, what=what)
 
-    async def dead_letter(self, match: Callable[[AbstractIncomingMessage], bool], *,
-                          timeout: float = 15.0, what: str = "a dead letter"
-                          ) -> AbstractIncomingMessage:
+    async def dead_letters(
+        self,
+        match: Callable[[AbstractIncomingMessage], bool],
+        count: int,
+        *,
+        timeout: float = 15.0,
+        what: str = "dead letters",
+    ) -> list[AbstractIncomingMessage]:
+        """Wait until at least ``count`` dead letters ``match``; returns those."""
+
+        async def probe() -> list[AbstractIncomingMessage] | None:
+            while (message := await self.dead.get(no_ack=True, fail=False)) is not None:
+                self.seen_dead.append(message)
+            found = [m for m in self.seen_dead if match(m)]
+            return found if len(found) >= count else None
+
+        return await wait_until(probe, timeout=timeout, what=f"{count} {what}")
+
+    async def dead_letter(
+        self,
+        match: Callable[[AbstractIncomingMessage], bool],
+        *,
+        timeout: float = 15.0,
+        what: str = "a dead letter",
+    ) -> AbstractIncomingMessage:
         """The first message in ``<prefix>.dead`` that ``match``es (all read are kept)."""
         for message in self.seen_dead:
             if match(message):
@@ -336,8 +372,10 @@ class RawAmqp:
         try:
             return await wait_until(probe, timeout=timeout, what=what)
         except pytest.fail.Exception:
-            seen = [(header(m, REASON_HEADER), header(m, QUEUE_HEADER), m.body[:200])
-                    for m in self.seen_dead]
+            seen = [
+                (header(m, REASON_HEADER), header(m, QUEUE_HEADER), m.body[:200])
+                for m in self.seen_dead
+            ]
             pytest.fail(f"no dead letter matched ({what}) within {timeout}s; seen: {seen!r}")
 
 
@@ -347,8 +385,9 @@ async def raw(settings: Settings, names: Names, services: Services) -> AsyncIter
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     try:
         channel = await connection.channel(publisher_confirms=True)
-        dead = await channel.declare_queue(names.dead, durable=True,
-                                           arguments={"x-queue-type": "quorum"})
+        dead = await channel.declare_queue(
+            names.dead, durable=True, arguments={"x-queue-type": "quorum"}
+        )
         yield RawAmqp(channel, names, dead)
     finally:
         await connection.close()
@@ -374,8 +413,14 @@ def sasfleet_cli(fleet_env: dict[str, str]) -> Callable[..., Awaitable[CliResult
 
     async def run(*args: str, timeout: float = 60.0) -> CliResult:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sasfleet.shared.cli", *args, env=env, cwd=REPO_ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "sasfleet.shared.cli",
+            *args,
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)

@@ -3,6 +3,10 @@
 A handler returns a typed outcome; it never acks itself. A dead-letter is a confirmed
 publish of the original body to the dead-letter exchange with the reason in its headers,
 then an ack (RabbitMQ's own reject cannot carry a reason).
+
+Each delivery is handled inside its CONSUMER span (when tracing is on), which the outcome
+marks: a dead letter or a requeue is an error with its reason. Deliveries and dead letters
+are counted by queue, outcome and reason.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueu
 from sasfleet.shared.amqp.publisher import Publisher
 from sasfleet.shared.amqp.topology import BY_HEADER, QUEUE_HEADER, REASON_HEADER, Names
 from sasfleet.shared.errors import BadMessage, PublishFailed
+from sasfleet.shared.telemetry import metrics, tracing
+from sasfleet.shared.telemetry.messaging import process_span
+from sasfleet.shared.telemetry.tracing import NO_SPAN, OUTCOME, Traced
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +36,14 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """The message can never be processed: park it in the dead-letter queue with a reason."""
+    """The message can never be processed: park it in the dead-letter queue with a reason.
+
+    ``kind`` is the reason's class for metrics (a label cannot hold the free text):
+    ``too_large``, ``invalid``, ``unknown_task`` or ``bad_message``.
+    """
 
     reason: str
+    kind: str = "invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +95,16 @@ class Consumer:
     """Runs ``handler`` for every delivery of one queue and settles each message once."""
 
     def __init__(
-        self, queue: AbstractQueue, handler: Handler, publisher: Publisher, names: Names, by: str
+        self,
+        queue: AbstractQueue,
+        handler: Handler,
+        publisher: Publisher,
+        names: Names,
+        by: str,
+        server: tuple[str, int] | None = None,
     ) -> None:
         self.queue = queue
+        self.server = server
         self.handler = handler
         self.publisher = publisher
         self.names = names
@@ -117,15 +136,34 @@ class Consumer:
         assert task is not None
         self._in_flight.add(task)
         try:
-            await self._settle(message, await self._outcome(message))
+            with self._span(message) as span:
+                outcome = await self._outcome(message)
+                _mark(span, outcome)
+                await self._settle(message, outcome)
         finally:
             self._in_flight.discard(task)
+
+    def _span(self, message: AbstractIncomingMessage) -> Traced:
+        if not tracing.active():
+            return NO_SPAN
+        return process_span(
+            self.queue.name,
+            message.exchange or "",
+            message.routing_key or "",
+            message.headers or {},
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            body_size=len(message.body),
+            delivery_tag=message.delivery_tag,
+            redelivered=bool(message.redelivered),
+            server=self.server,
+        )
 
     async def _outcome(self, message: AbstractIncomingMessage) -> Outcome:
         try:
             return await self.handler(Delivery.of(message))
         except BadMessage as exc:
-            return DeadLetter(str(exc))
+            return DeadLetter(str(exc), "bad_message")
         except Exception as exc:
             log.exception(
                 "handling a message from %s failed; it will be redelivered", self.queue.name
@@ -136,11 +174,13 @@ class Consumer:
         try:
             if isinstance(outcome, Ack):
                 await message.ack()
+                metrics.DELIVERIES.labels(self.queue.name, "ack").inc()
             elif isinstance(outcome, DeadLetter):
-                await self._dead_letter(message, outcome.reason)
+                await self._dead_letter(message, outcome)
             else:
                 await asyncio.sleep(REQUEUE_DELAY_S)
                 await message.nack(requeue=True)
+                metrics.DELIVERIES.labels(self.queue.name, "requeue").inc()
         except Exception as exc:
             # The channel closed under us: the broker redelivers the message, which is safe
             # because every effect is recorded idempotently before an ack.
@@ -150,7 +190,8 @@ class Consumer:
                 exc,
             )
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def _dead_letter(self, message: AbstractIncomingMessage, outcome: DeadLetter) -> None:
+        reason = outcome.reason
         log.warning(
             "dead-lettering a message from %s: %s",
             self.queue.name,
@@ -176,6 +217,22 @@ class Consumer:
             return
         self.dead_lettered += 1
         await message.ack()
+        metrics.DEAD_LETTERS.labels(self.queue.name, outcome.kind).inc()
+        metrics.DELIVERIES.labels(self.queue.name, "dead_letter").inc()
 
     async def _dead_exchange(self) -> AbstractExchange:
         return await self.publisher.channel.get_exchange(self.names.dead_exchange, ensure=False)
+
+
+def _mark(span: Traced, outcome: Outcome) -> None:
+    """Record the outcome on the delivery's span: a dead letter or requeue is an error."""
+    if span.span is None:
+        return
+    if isinstance(outcome, Ack):
+        span.set({OUTCOME: "ack"})
+    elif isinstance(outcome, DeadLetter):
+        span.set({OUTCOME: "dead_letter"})
+        span.error(outcome.reason, error_type=f"dead_letter.{outcome.kind}")
+    else:
+        span.set({OUTCOME: "requeue"})
+        span.error(outcome.reason, error_type="requeue")

@@ -3,8 +3,10 @@ topology, and the few kinds of message the fleet publishes."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from urllib.parse import urlsplit
 
 import msgspec
 from aio_pika.abc import (
@@ -13,6 +15,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import AMQPError
 
 from sasfleet.shared.amqp.connection import connect
 from sasfleet.shared.amqp.consumer import Consumer, Delivery, Handler
@@ -23,8 +26,13 @@ from sasfleet.shared.messages.codec import encode, retry_decoder
 from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import JobFinished, StepRecorded
 from sasfleet.shared.state.records import DispatchOrder
+from sasfleet.shared.telemetry import tracing
+from sasfleet.shared.telemetry.traceparent import TRACEPARENT
 
-TRACEPARENT = "traceparent"
+# When a dispatch was published (ms since the epoch): the agent's queue-wait metric.
+DISPATCHED_AT_HEADER = "x-sasfleet-dispatched-at"
+
+__all__ = ["DISPATCHED_AT_HEADER", "TRACEPARENT", "FleetChannel"]
 
 
 class FleetChannel:
@@ -39,6 +47,11 @@ class FleetChannel:
         self.channel: AbstractChannel | None = None
         self.topology: Topology | None = None
         self.publisher: Publisher | None = None
+        self._monitor: AbstractChannel | None = None
+        self.dispatched_queues: set[str] = set()  # pool queues this process published to
+        parts = urlsplit(url)
+        # The broker's address, for the messaging spans' server.address/server.port.
+        self.server = (parts.hostname or "localhost", parts.port or 5672)
 
     async def open(self, prefetch: int) -> None:
         self.connection = await connect(self.url, self.by, self.heartbeat_s)
@@ -46,7 +59,11 @@ class FleetChannel:
         await self.channel.set_qos(prefetch_count=prefetch)
         self.topology = Topology(self.channel, self.names)
         exchange = await self.topology.declare()
-        self.publisher = Publisher(self.channel, exchange, app_id=self.by)
+        self.publisher = Publisher(self.channel, exchange, app_id=self.by, server=self.server)
+
+    async def open_monitor(self) -> None:
+        """Connect without declaring anything: for read-only tools (``sasfleet top``)."""
+        self.connection = await connect(self.url, self.by, self.heartbeat_s)
 
     async def close(self) -> None:
         if self.connection is not None:
@@ -64,7 +81,7 @@ class FleetChannel:
         """A started consumer of ``queue_name`` that settles messages from ``handler``."""
         topology, publisher = self._ready()
         consumer = Consumer(
-            await topology.queue(queue_name), handler, publisher, self.names, self.by
+            await topology.queue(queue_name), handler, publisher, self.names, self.by, self.server
         )
         await consumer.start()
         return consumer
@@ -84,10 +101,14 @@ class FleetChannel:
         return queue.name
 
     async def dispatch(self, order: DispatchOrder, traceparent: str = "") -> None:
-        """Publish one attempt of a step to its pool's queue (declared on first use)."""
+        """Publish one attempt of a step to its pool's queue (declared on first use).
+
+        The publish joins the job's trace: it is a child of the current span, else of
+        ``traceparent`` (default: the job's, from the order)."""
         topology, publisher = self._ready()
         queue = self.names.pool(order.pool, order.priority)
         await topology.queue(queue)
+        self.dispatched_queues.add(queue)
         message = StepDispatch(
             job_id=order.job_id,
             step=order.step,
@@ -105,8 +126,19 @@ class FleetChannel:
         await publisher.publish(
             encode(message),
             queue,
-            headers=_trace_headers(traceparent),
+            headers={DISPATCHED_AT_HEADER: int(time.time() * 1000)},
             message_id=f"{order.job_id}:{order.step}:{order.lease}",
+            traceparent=traceparent or order.traceparent,
+            span_attributes=tracing.job_attributes(
+                order.job_id,
+                order.step,
+                task=order.task,
+                attempt=order.attempt,
+                lease=order.lease,
+                compensates=order.compensates,
+            )
+            if tracing.active()
+            else None,
         )
 
     async def announce(self, job_id: str, step: int, attempt: int, lease: int) -> None:
@@ -114,7 +146,12 @@ class FleetChannel:
         _, publisher = self._ready()
         event = StepRecorded(job_id=job_id, step=step, attempt=attempt, lease=lease, by=self.by)
         await publisher.publish(
-            encode(event), self.names.events, message_id=f"{job_id}:{step}:{lease}:recorded"
+            encode(event),
+            self.names.events,
+            message_id=f"{job_id}:{step}:{lease}:recorded",
+            span_attributes=tracing.job_attributes(job_id, step, attempt=attempt, lease=lease)
+            if tracing.active()
+            else None,
         )
 
     async def reply(self, reply_to: str, correlation_id: str, finished: JobFinished) -> bool:
@@ -130,11 +167,40 @@ class FleetChannel:
                 correlation_id=correlation_id or None,
                 message_id=f"{finished.job_id}:finished",
                 exchange=self.channel.default_exchange,
+                temporary=True,
             )
         except PublishFailed:
             return False
         return True
 
+    async def connected(self) -> bool:
+        """Whether the connection to RabbitMQ is up now (a health probe)."""
+        connection = self.connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
 
-def _trace_headers(traceparent: str) -> Mapping[str, Any] | None:
-    return {TRACEPARENT: traceparent} if traceparent else None
+    async def queue_depths(self, queues: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """Ready messages and consumers of each existing queue, by passive declare.
+
+        A passive declare of a missing queue closes its channel, so this runs on a channel
+        of its own (reopened when that happens), never on the publishing channel."""
+        if self.connection is None:
+            return {}
+        depths: dict[str, tuple[int, int]] = {}
+        for name in queues:
+            if self._monitor is None or self._monitor.is_closed:
+                self._monitor = await self.connection.channel(publisher_confirms=False)
+            try:
+                queue = await self._monitor.declare_queue(name, passive=True, robust=False)  # type: ignore[call-arg]
+            except AMQPError:
+                self._monitor = None  # the broker closed the channel: the queue is missing
+                continue
+            result = queue.declaration_result
+            depths[name] = (int(result.message_count or 0), int(result.consumer_count or 0))
+        return depths
+
+    async def close_monitor(self) -> None:
+        """Close the channel :meth:`queue_depths` uses, if open."""
+        if self._monitor is not None and not self._monitor.is_closed:
+            with contextlib.suppress(Exception):
+                await self._monitor.close()
+        self._monitor = None

@@ -20,6 +20,9 @@ from tenacity import (
 )
 
 from sasfleet.shared.errors import PublishFailed
+from sasfleet.shared.telemetry.messaging import publish_span
+from sasfleet.shared.telemetry.traceparent import TRACEPARENT
+from sasfleet.shared.telemetry.tracing import NO_SPAN, Attributes
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ class Publisher:
     durable queue). A publish that fails during a broker outage is retried until
     ``give_up_after_s``; after that :class:`PublishFailed` is raised, so the caller does not
     ack what caused it and the work is redone later: never dropped silently.
+
+    Each publish is a PRODUCER span when tracing is on (its context goes out in the
+    ``traceparent``/``tracestate`` headers); ``server`` is the broker's address for it.
     """
 
     def __init__(
@@ -48,11 +54,13 @@ class Publisher:
         *,
         give_up_after_s: float = 60.0,
         app_id: str = "sasfleet",
+        server: tuple[str, int] | None = None,
     ) -> None:
         self.channel = channel
         self.exchange = exchange
         self.give_up_after_s = give_up_after_s
         self.app_id = app_id
+        self.server = server
 
     async def publish(
         self,
@@ -65,19 +73,53 @@ class Publisher:
         reply_to: str | None = None,
         exchange: AbstractExchange | None = None,
         priority: int | None = None,
+        traceparent: str = "",
+        span_attributes: Attributes | None = None,
+        temporary: bool = False,
     ) -> None:
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers=dict(headers) if headers else None,
+        """Publish and wait for the broker's confirm.
+
+        ``traceparent`` is the job's trace context: the publish span's parent when no span
+        is current (timers, recoveries), and, with tracing off, passed on as the header
+        as it is, so that a traced consumer still joins the job's trace. ``temporary``
+        marks a private reply queue (its name stays out of the span's name).
+        """
+        target = exchange or self.exchange
+        message_headers: dict[str, Any] = dict(headers) if headers else {}
+        span = publish_span(
+            target.name,
+            routing_key,
+            message_headers,
             message_id=message_id,
             correlation_id=correlation_id,
-            reply_to=reply_to,
-            app_id=self.app_id,
-            priority=priority,
+            body_size=len(body),
+            server=self.server,
+            traceparent=traceparent,
+            attributes=span_attributes,
+            temporary=temporary,
         )
-        target = exchange or self.exchange
+        if span is NO_SPAN and traceparent:
+            message_headers.setdefault(TRACEPARENT, traceparent)
+        with span:
+            await self._publish(
+                target,
+                routing_key,
+                aio_pika.Message(
+                    body,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    headers=message_headers or None,
+                    message_id=message_id,
+                    correlation_id=correlation_id,
+                    reply_to=reply_to,
+                    app_id=self.app_id,
+                    priority=priority,
+                ),
+            )
+
+    async def _publish(
+        self, target: AbstractExchange, routing_key: str, message: aio_pika.Message
+    ) -> None:
         try:
             async for attempt in AsyncRetrying(
                 # An unroutable or nacked message is not an outage: it fails at once.

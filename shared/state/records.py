@@ -77,9 +77,12 @@ class DispatchOrder:
     retry: str = ""  # JSON of the step's RetrySpec
     heartbeat_ms: int = 0
     priority: str = ""  # "high" routes to the pool's high-priority queue
+    traceparent: str = ""  # the job's trace context, for the spans of whoever dispatches
 
     @classmethod
     def from_reply(cls, job_id: str, reply: list[Any]) -> DispatchOrder:
+        # The trailing traceparent is optional so a reply without it still decodes.
+        traceparent = reply[13] if len(reply) > 13 else ""
         (
             _kind,
             lease,
@@ -94,7 +97,7 @@ class DispatchOrder:
             retry,
             heartbeat_ms,
             priority,
-        ) = reply
+        ) = reply[:13]
         return cls(
             job_id,
             int(step),
@@ -109,6 +112,7 @@ class DispatchOrder:
             retry or "",
             int(heartbeat_ms or 0),
             priority or "",
+            traceparent or "",
         )
 
 

@@ -8,16 +8,17 @@ import msgspec
 import pytest
 
 from examples.tasks import ORDER_STEPS, order_job
-from sasfleet.shared.errors import JobTimeout
 from sasfleet.shared.ids import job_id_for_key
 from sasfleet.shared.state.views import HistoryEntry
+from sasfleet.shared.statemachine import JOB_TERMINAL
 
 pytestmark = pytest.mark.integration
 
 
 def events(history: list[HistoryEntry], event: str, **match: object) -> list[HistoryEntry]:
-    return [h for h in history if h.event == event
-            and all(getattr(h, k) == v for k, v in match.items())]
+    return [
+        h for h in history if h.event == event and all(getattr(h, k) == v for k, v in match.items())
+    ]
 
 
 def by_process(entry: HistoryEntry, role: str, pid: int) -> bool:
@@ -39,13 +40,14 @@ async def test_one_step_job_succeeds_through_the_python_client(services, client)
     assert view.result == {"x": 1}
     assert [(s.status, s.attempt, s.result) for s in view.steps] == [("succeeded", 1, {"x": 1})]
     h = view.history
-    submit, = events(h, "submit")
-    dispatch, = events(h, "dispatch", step=0)
-    claim, = events(h, "claim", step=0)
-    step_succeed, = events(h, "succeed", step=0)
-    job_succeed, = events(h, "succeed", step=None)
+    (submit,) = events(h, "submit")
+    (dispatch,) = events(h, "dispatch", step=0)
+    (claim,) = events(h, "claim", step=0)
+    (step_succeed,) = events(h, "succeed", step=0)
+    (job_succeed,) = [e for e in h if e.step is None and e.status in JOB_TERMINAL]
     assert [h.index(e) for e in (submit, dispatch, claim, step_succeed, job_succeed)] == sorted(
-        h.index(e) for e in (submit, dispatch, claim, step_succeed, job_succeed))
+        h.index(e) for e in (submit, dispatch, claim, step_succeed, job_succeed)
+    )
     for entry in (submit, dispatch, job_succeed):
         assert by_process(entry, "scheduler", services.scheduler.pid), entry
     for entry in (claim, step_succeed):
@@ -101,8 +103,12 @@ async def test_raw_amqp_submission_gets_a_correlated_reply(raw):
     message_id = f"raw-{uuid.uuid4().hex}"
     correlation_id = f"corr-{uuid.uuid4().hex}"
 
-    await raw.submit({"task": "echo", "payload": {"x": 1}}, message_id=message_id,
-                     reply_to=replies.name, correlation_id=correlation_id)
+    await raw.submit(
+        {"task": "echo", "payload": {"x": 1}},
+        message_id=message_id,
+        reply_to=replies.name,
+        correlation_id=correlation_id,
+    )
 
     reply = await raw.next_message(replies, what="the job_finished reply")
     assert reply.correlation_id == correlation_id
@@ -117,9 +123,12 @@ async def test_raw_amqp_submission_job_id_field_names_the_job(raw, client):
     replies = await raw.reply_queue()
     job_id = f"named-{uuid.uuid4().hex}"
 
-    await raw.submit({"task": "echo", "payload": {"y": 2}, "job_id": job_id},
-                     message_id=f"msg-{uuid.uuid4().hex}", reply_to=replies.name,
-                     correlation_id="c-1")
+    await raw.submit(
+        {"task": "echo", "payload": {"y": 2}, "job_id": job_id},
+        message_id=f"msg-{uuid.uuid4().hex}",
+        reply_to=replies.name,
+        correlation_id="c-1",
+    )
 
     reply = await raw.next_message(replies, what="the job_finished reply")
     doc = msgspec.json.decode(reply.body)
@@ -129,9 +138,7 @@ async def test_raw_amqp_submission_job_id_field_names_the_job(raw, client):
     assert view is not None and view.status == "succeeded"
 
 
-async def test_resubmission_with_the_same_idempotency_key_runs_one_job(
-    raw, client, redis, keys
-):
+async def test_resubmission_with_the_same_idempotency_key_runs_one_job(raw, client, redis, keys):
     key = f"order-{uuid.uuid4().hex}"
 
     first = await client.submit("echo", {"n": 1}, idempotency_key=key)
@@ -142,9 +149,12 @@ async def test_resubmission_with_the_same_idempotency_key_runs_one_job(
 
     # The same key from a raw AMQP client with a message_id of its own: the existing job.
     replies = await raw.reply_queue()
-    await raw.submit({"task": "echo", "payload": {"n": 1}, "idempotency_key": key},
-                     message_id=f"other-{uuid.uuid4().hex}", reply_to=replies.name,
-                     correlation_id="dup")
+    await raw.submit(
+        {"task": "echo", "payload": {"n": 1}, "idempotency_key": key},
+        message_id=f"other-{uuid.uuid4().hex}",
+        reply_to=replies.name,
+        correlation_id="dup",
+    )
     reply = await raw.next_message(replies, what="a reply to the duplicate submission")
     doc = msgspec.json.decode(reply.body)
     assert reply.correlation_id == "dup"
@@ -159,28 +169,23 @@ async def test_resubmission_with_the_same_idempotency_key_runs_one_job(
     assert len(events(view.history, "submit")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when an idempotency key was first used by a submission that named its job by "
-    "message_id, Client.submit(idempotency_key=key) returns job_id_for_key(key), an id no "
-    "job has; the scheduler maps the key to the existing job but the client waits on the "
-    "wrong id until JobTimeout (client.py submit_job vs scheduler/intake.py _job_id)"),
-    raises=JobTimeout)
 async def test_client_resubmission_of_a_key_first_used_over_raw_amqp_learns_the_job(
     raw, client, jobs
 ):
     key = f"pay-{uuid.uuid4().hex}"
-    raw_id = f"raw-{uuid.uuid4().hex}"
-    await raw.submit({"task": "sleep", "payload": {"seconds": 1.0}, "idempotency_key": key},
-                     message_id=raw_id)
-    await jobs.until(raw_id, lambda v: True, timeout=10, what="recorded")
+    await raw.submit(
+        {"task": "sleep", "payload": {"seconds": 1.0}, "idempotency_key": key},
+        message_id=f"raw-{uuid.uuid4().hex}",
+    )
+    # With an idempotency key the job id derives from the key, whatever the message_id.
+    keyed_id = job_id_for_key(key)
+    await jobs.until(keyed_id, lambda v: True, timeout=10, what="recorded")
 
     job_id = await client.submit("sleep", {"seconds": 1.0}, idempotency_key=key)
 
-    # The job under the key ends within ~1 s, but the client waits on an id no job has
-    # (and the job's reply goes to the first submitter): JobTimeout.
-    outcome = await client.wait(job_id, timeout=5)
+    assert job_id == keyed_id
+    outcome = await client.wait(job_id, timeout=10)
     assert outcome.status == "succeeded"
-    assert job_id == raw_id
 
 
 async def test_three_step_order_job_runs_its_steps_in_order(services, client):
@@ -202,10 +207,19 @@ async def test_three_step_order_job_runs_its_steps_in_order(services, client):
     assert ship == {"shipment": f"sh-{job_id}:2", "order_id": "o-1"}
     assert outcome.result == ship == view.result
     # Each step is dispatched only after the previous one succeeded.
-    order = [(h.event, h.step) for h in view.history
-             if h.event in ("dispatch", "succeed") and h.step is not None]
-    assert order == [("dispatch", 0), ("succeed", 0), ("dispatch", 1), ("succeed", 1),
-                     ("dispatch", 2), ("succeed", 2)]
+    order = [
+        (h.event, h.step)
+        for h in view.history
+        if h.event in ("dispatch", "succeed") and h.step is not None
+    ]
+    assert order == [
+        ("dispatch", 0),
+        ("succeed", 0),
+        ("dispatch", 1),
+        ("succeed", 1),
+        ("dispatch", 2),
+        ("succeed", 2),
+    ]
     leases = [s.lease for s in view.steps]
     assert leases == sorted(leases) and len(set(leases)) == 3
     assert view.steps[0].finished_at <= view.steps[1].started_at

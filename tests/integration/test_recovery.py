@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import Counter
 
 import pytest
 
+from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import HistoryEntry
+from sasfleet.shared.statemachine import JOB_TERMINAL
 
 pytestmark = pytest.mark.integration
 
 
 def events(history: list[HistoryEntry], event: str, **match: object) -> list[HistoryEntry]:
-    return [h for h in history if h.event == event
-            and all(getattr(h, k) == v for k, v in match.items())]
+    return [
+        h for h in history if h.event == event and all(getattr(h, k) == v for k, v in match.items())
+    ]
+
+
+RETRY_EVENTS = ("redispatch", "retry")
+
+
+def job_end(history: list[HistoryEntry]) -> list[HistoryEntry]:
+    """The job's own terminal transition(s) (no step): succeed, failed, compensated..."""
+    return [h for h in history if h.step is None and h.status in JOB_TERMINAL]
 
 
 def written_by(entry: HistoryEntry, role: str, pid: int) -> bool:
@@ -31,26 +43,32 @@ async def test_failing_handler_is_retried_until_attempts_run_out(services, clien
     assert (outcome.error.type, outcome.error.message) == ("RuntimeError", "boom")
     view = await client.get(job_id)
     assert view is not None and view.status == "failed"
-    step, = view.steps
+    (step,) = view.steps
     assert (step.status, step.attempt, step.max_attempts) == ("failed", 2, 2)
     assert step.error["type"] == "RuntimeError"
     h = view.history
-    fail_1, = events(h, "fail", step=0, attempt=1)
-    retry, = events(h, "retry_later", step=0)
-    redispatch, = events(h, "redispatch", step=0)
-    claim_2, = events(h, "claim", step=0, attempt=2)
-    fail_2, = events(h, "fail", step=0, attempt=2)
-    job_fail, = events(h, "fail", step=None)
-    sequence = [fail_1, retry, redispatch, claim_2, fail_2, job_fail]
+    (fail_1,) = events(h, "fail", step=0, attempt=1)
+    (retry,) = events(h, "retry_later", step=0)
+    # The due retry timer re-dispatches attempt 2 (fired by a scheduler or a supervisor).
+    (again,) = [e for e in h if e.event in RETRY_EVENTS and e.step == 0]
+    (claim_2,) = events(h, "claim", step=0, attempt=2)
+    (fail_2,) = events(h, "fail", step=0, attempt=2)
+    (job_fail,) = job_end(h)
+    sequence = [fail_1, retry, again, claim_2, fail_2, job_fail]
     assert [h.index(e) for e in sequence] == sorted(h.index(e) for e in sequence)
     assert retry.attempt == 1 and retry.status == "waiting_retry"
     assert written_by(retry, "scheduler", services.scheduler.pid)
-    assert redispatch.attempt == 2 and redispatch.previous == "waiting_retry"
-    assert written_by(redispatch, "supervisor", services.supervisor.pid)
-    assert redispatch.lease > fail_1.lease
-    assert claim_2.lease == fail_2.lease == redispatch.lease
+    assert again.attempt == 2 and again.previous == "waiting_retry"
+    assert again.status == "dispatched"
+    assert any(
+        written_by(again, role, s.pid)
+        for role, s in (("scheduler", services.scheduler), ("supervisor", services.supervisor))
+    ), again
+    assert again.lease > fail_1.lease
+    assert claim_2.lease == fail_2.lease == again.lease
     assert job_fail.status == "failed"
-    assert not events(h, "redispatch", step=0, attempt=3)
+    assert written_by(job_fail, "scheduler", services.scheduler.pid)
+    assert not [e for e in h if e.attempt == 3]
 
 
 async def test_non_retryable_failure_fails_the_job_after_one_attempt(services, client):
@@ -70,8 +88,9 @@ async def test_step_of_a_sigkilled_agent_is_redispatched_and_succeeds(
     fleet, services, client, jobs
 ):
     job_id = await client.submit("sleep", {"seconds": 3})
-    first = await jobs.until(job_id, lambda v: v.steps[0].status == "running", timeout=15,
-                             what="step 0 running")
+    first = await jobs.until(
+        job_id, lambda v: v.steps[0].status == "running", timeout=15, what="step 0 running"
+    )
     killed = services.agent
     assert first.steps[0].locked_by is not None and f"-{killed.pid}-" in first.steps[0].locked_by
 
@@ -84,10 +103,10 @@ async def test_step_of_a_sigkilled_agent_is_redispatched_and_succeeds(
     view = await client.get(job_id)
     assert view is not None and view.status == "succeeded"
     h = view.history
-    claim_1, = events(h, "claim", step=0, attempt=1)
-    redispatch, = events(h, "redispatch", step=0)
-    claim_2, = events(h, "claim", step=0, attempt=2)
-    succeed, = events(h, "succeed", step=0)
+    (claim_1,) = events(h, "claim", step=0, attempt=1)
+    (redispatch,) = events(h, "redispatch", step=0)
+    (claim_2,) = events(h, "claim", step=0, attempt=2)
+    (succeed,) = events(h, "succeed", step=0)
     assert written_by(claim_1, "agent-default", killed.pid)
     assert redispatch.by.startswith("supervisor-")
     assert written_by(redispatch, "supervisor", services.supervisor.pid)
@@ -104,6 +123,8 @@ async def test_step_of_a_sigkilled_agent_is_redispatched_and_succeeds(
     assert not events(h, "fail", step=0)
 
 
+# Both supervisors scan every 10 ms, so their scans of the same due entries overlap.
+@pytest.mark.fleet_env(SASFLEET_SUPERVISOR_TICK_S="0.01")
 async def test_racing_supervisors_recover_each_overdue_attempt_once(
     fleet, start_services, client, jobs
 ):
@@ -116,9 +137,12 @@ async def test_racing_supervisors_recover_each_overdue_attempt_once(
     )
     n = 20
     job_ids = await asyncio.gather(*(client.submit("sleep", {"seconds": 3}) for _ in range(n)))
-    await asyncio.gather(*(
-        jobs.until(j, lambda v: v.steps[0].status == "running", timeout=20, what="running")
-        for j in job_ids))
+    await asyncio.gather(
+        *(
+            jobs.until(j, lambda v: v.steps[0].status == "running", timeout=20, what="running")
+            for j in job_ids
+        )
+    )
 
     agent.kill()  # 20 running steps whose leases will expire together
     fleet.agent("examples.tasks", concurrency=25)
@@ -133,7 +157,9 @@ async def test_racing_supervisors_recover_each_overdue_attempt_once(
         redispatches = events(view.history, "redispatch")
         per_attempt = Counter(e.attempt for e in redispatches)
         assert per_attempt and all(c == 1 for c in per_attempt.values()), (
-            job_id, [(e.attempt, e.lease, e.by) for e in redispatches])
+            job_id,
+            [(e.attempt, e.lease, e.by) for e in redispatches],
+        )
         assert sorted(per_attempt) == list(range(2, 2 + len(per_attempt)))
         leases = [e.lease for e in redispatches]
         assert len(set(leases)) == len(leases)
@@ -144,3 +170,87 @@ async def test_racing_supervisors_recover_each_overdue_attempt_once(
         assert len(events(view.history, "succeed", step=0)) == 1
     assert scheduler.alive() and supervisor_a.alive() and supervisor_b.alive()
     print(f"redispatches by supervisor pid: {dict(recovered_by)}")
+
+
+async def test_superseded_attempt_cannot_change_the_step(services, client, jobs, redis, settings):
+    # The agent hangs (SIGSTOP) mid-step: its lease expires and attempt 2 is dispatched.
+    # Resumed, the agent either drops attempt 1 on its next lease check or records its
+    # late result, which must be rejected. Either way nothing is recorded under lease 1.
+    agent = services.agent
+    job_id = await client.submit("sleep", {"seconds": 2.5})
+    await jobs.until(
+        job_id, lambda v: v.steps[0].status == "running", timeout=15, what="step 0 running"
+    )
+
+    agent.signal(signal.SIGSTOP)
+    try:
+        taken_over = await jobs.until(
+            job_id, lambda v: v.steps[0].attempt == 2, timeout=15, what="attempt 2 dispatched"
+        )
+    finally:
+        agent.signal(signal.SIGCONT)
+    (claim_1,) = events(taken_over.history, "claim", step=0, attempt=1)
+    (redispatch,) = events(taken_over.history, "redispatch", step=0, attempt=2)
+    assert written_by(redispatch, "supervisor", services.supervisor.pid)
+    assert "lease expired" in (redispatch.detail or "")
+    assert redispatch.lease > claim_1.lease
+
+    # A late write under the superseded lease, as a hung agent would make it.
+    late_writer = "agent-late-writer-test"
+    store = StateStore(redis, settings.prefix)
+    accepted = await store.record(
+        job_id,
+        0,
+        claim_1.lease,
+        late_writer,
+        result=b'{"late":true}',
+        retry_delay_ms=None,
+        announce_after_ms=30_000,
+    )
+    assert accepted is False
+
+    view = await jobs.until(
+        job_id, lambda v: v.status in JOB_TERMINAL, timeout=30, what="a terminal state"
+    )
+    h = view.history
+    (rejected,) = [e for e in events(h, "stale_result_rejected") if e.by == late_writer]
+    assert (rejected.step, rejected.lease, rejected.status) == (0, claim_1.lease, "succeeded")
+    assert rejected.previous in ("dispatched", "running")
+    assert (rejected.detail or "").startswith("current lease ")
+    assert int((rejected.detail or "0").rsplit(" ", 1)[-1]) >= redispatch.lease
+    # The hung agent's own late result, if it made one, was rejected the same way.
+    for e in events(h, "stale_result_rejected"):
+        assert e.lease < view.steps[0].lease, e
+    # Nothing was ever recorded under the superseded lease.
+    assert not [e for e in h if e.event in ("succeed", "fail") and e.lease == claim_1.lease]
+    assert view.steps[0].result != {"late": True}
+    assert view.result != {"late": True}
+    assert view.steps[0].lease >= redispatch.lease
+    assert agent.alive()
+
+
+async def test_step_survives_its_agent_hanging_past_the_lease(services, client, jobs):
+    # One agent; it hangs ~1 s past its lease. Attempt 2 comes back to it and is claimed
+    # while the superseded attempt 1 still sleeps (it ends 1.5 s later).
+    agent = services.agent
+    job_id = await client.submit("sleep", {"seconds": 4.5}, max_attempts=2)
+    await jobs.until(
+        job_id, lambda v: v.steps[0].status == "running", timeout=15, what="step 0 running"
+    )
+
+    agent.signal(signal.SIGSTOP)
+    try:
+        await jobs.until(
+            job_id, lambda v: v.steps[0].attempt == 2, timeout=15, what="attempt 2 dispatched"
+        )
+        await asyncio.sleep(0.8)  # shapes the scenario: the agent stays hung a while longer
+    finally:
+        agent.signal(signal.SIGCONT)
+
+    outcome = await client.wait(job_id, timeout=20)
+    view = await client.get(job_id)
+    assert view is not None
+    assert outcome.status == "succeeded", [
+        (e.event, e.attempt, e.lease, e.detail) for e in view.history
+    ]
+    assert (view.steps[0].attempt, outcome.result) == (2, {"slept": 4.5})

@@ -38,12 +38,15 @@ end
 
 -- What the dispatching service publishes for a step:
 -- {kind, lease, attempt, task, pool, payload, timeout_ms, index, compensates, max_attempts
---  (when the step chose it), retry (JSON), heartbeat_ms, priority}
+--  (when the step chose it), retry (JSON), heartbeat_ms, priority, the job's traceparent}
+-- Every script that calls it passes the job hash as KEYS[1] (a declared key: Cluster-safe);
+-- the traceparent lets timers and recoveries join the job's trace without a round trip.
 local function dispatch_reply(kind, step, index)
   local f = redis.call('HMGET', step, 'lease', 'attempt', 'task', 'pool', 'payload',
     'timeout_ms', 'compensates', 'max_explicit', 'retry', 'hb_ms', 'priority')
   return {kind, tonumber(f[1]), tonumber(f[2]), f[3], f[4], f[5], tonumber(f[6]), index,
-    f[7] or '', f[8] or '', f[9] or '', tonumber(f[10] or '0'), f[11] or ''}
+    f[7] or '', f[8] or '', f[9] or '', tonumber(f[10] or '0'), f[11] or '',
+    redis.call('HGET', KEYS[1], 'traceparent') or ''}
 end
 
 -- Fail a step on the spot (timeouts, cancellation); the scheduler then advances the job.

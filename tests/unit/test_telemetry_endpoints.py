@@ -1,0 +1,269 @@
+"""Logs with job and trace context, the /metrics, /healthz and /readyz endpoint, metric
+helpers, how recoveries are classified, and what the CLI shows (job show, top)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from importlib import resources
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from rich.console import Console
+
+from sasfleet.shared.render import render_job
+from sasfleet.shared.state.views import AgentView, JobView
+from sasfleet.shared.telemetry import metrics, tracing
+from sasfleet.shared.telemetry.health import Health, serving
+from sasfleet.shared.telemetry.logs import ContextFilter, JsonFormatter, TextFormatter, job_scope
+from sasfleet.shared.tools.top import Snapshot, render
+from sasfleet.supervisor.recovery import recovery_kind
+
+pytestmark = pytest.mark.unit
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def record(message: str = "hello", **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("sasfleet.test", logging.INFO, __file__, 1, message, None, None)
+    rec.__dict__.update(extra)
+    ContextFilter().filter(rec)
+    return rec
+
+
+def test_log_lines_carry_the_job_scope_in_json() -> None:
+    fmt = JsonFormatter("agent", "agent-1")
+    with job_scope("j1", 2, attempt=3, lease=7, task="charge"):
+        inside = json.loads(fmt.format(record()))
+        overridden = json.loads(fmt.format(record(step=5)))
+    outside = json.loads(fmt.format(record()))
+    assert {k: inside[k] for k in ("service", "instance", "job_id", "step", "attempt")} == {
+        "service": "agent",
+        "instance": "agent-1",
+        "job_id": "j1",
+        "step": 2,
+        "attempt": 3,
+    }
+    assert (inside["lease"], inside["task"], inside["msg"]) == (7, "charge", "hello")
+    assert overridden["step"] == 5  # a field passed in `extra` wins
+    assert "job_id" not in outside and "trace_id" not in outside
+
+
+async def test_the_job_scope_flows_into_tasks_started_inside_it() -> None:
+    fmt = JsonFormatter("scheduler", "s-1")
+
+    async def later() -> dict[str, object]:
+        await asyncio.sleep(0)
+        return dict(json.loads(fmt.format(record())))
+
+    with job_scope("j9", 0):
+        task = asyncio.create_task(later())
+    assert (await task)["job_id"] == "j9"
+
+
+def test_log_lines_carry_the_trace_id_of_the_current_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider = TracerProvider()
+    monkeypatch.setattr(tracing, "_enabled", True)
+    monkeypatch.setattr(tracing, "_tracer", lambda: provider.get_tracer("test"))
+    with tracing.job_span("run echo", {}) as span:
+        line = json.loads(JsonFormatter("agent", "a-1").format(record()))
+        text = TextFormatter("agent", "a-1").format(record())
+    assert span.traceparent[3:35] == line["trace_id"]
+    assert span.traceparent[36:52] == line["span_id"]
+    assert f"trace_id={line['trace_id']}" in text and "span_id" not in text
+    assert "agent [a-1] sasfleet.test: hello" in text
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def request(port: int, method: str, path: str, accept: str = "") -> tuple[int, str, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    extra = f"Accept: {accept}\r\n" if accept else ""
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+    await writer.drain()
+    raw = (await reader.read()).decode()
+    writer.close()
+    head, _, body = raw.partition("\r\n\r\n")
+    status = int(head.split(" ", 2)[1])
+    content_type = next(
+        line.split(":", 1)[1].strip()
+        for line in head.split("\r\n")
+        if line.lower().startswith("content-type:")
+    )
+    return status, content_type, body
+
+
+@pytest.fixture
+def exported() -> Iterator[None]:
+    yield
+    metrics.set_exported(False)
+
+
+async def test_health_and_metrics_endpoints(exported: None) -> None:
+    health = Health("scheduler", "scheduler-1", ("redis", "amqp", "consuming"))
+    port = free_port()
+    async with serving(health, "127.0.0.1", port) as bound:
+        assert bound == port and metrics.exported()
+        status, content_type, body = await request(port, "GET", "/healthz")
+        assert (status, content_type, json.loads(body)["alive"]) == (200, "application/json", True)
+
+        status, _, body = await request(port, "GET", "/readyz")
+        assert status == 503
+        assert json.loads(body)["checks"] == {"redis": False, "amqp": False, "consuming": False}
+
+        async def up() -> bool:
+            return True
+
+        async def down() -> bool:
+            raise ConnectionError("no")
+
+        await health.probe({"redis": up, "amqp": down})
+        health.set("consuming", True)
+        assert (await request(port, "GET", "/readyz"))[0] == 503
+        await health.probe({"amqp": up})
+        status, _, body = await request(port, "GET", "/readyz")
+        assert status == 200 and json.loads(body)["ready"] is True
+
+        metrics.JOBS_SUBMITTED.inc(0)
+        status, content_type, body = await request(port, "GET", "/metrics")
+        assert status == 200 and content_type.startswith("text/plain")
+        assert "# TYPE sasfleet_jobs_submitted_total counter" in body
+        assert "sasfleet_redis_connected 1.0" in body and "sasfleet_ready 1.0" in body
+        assert "process_cpu_seconds_total" in body
+        _, content_type, body = await request(
+            port, "GET", "/metrics", accept="application/openmetrics-text; version=1.0.0"
+        )
+        assert content_type.startswith("application/openmetrics-text")
+        assert body.rstrip().endswith("# EOF")
+
+        assert (await request(port, "GET", "/nope"))[0] == 404
+        assert (await request(port, "POST", "/metrics"))[0] == 405
+        assert (await request(port, "HEAD", "/healthz"))[2] == ""
+
+
+async def test_no_port_serves_nothing() -> None:
+    async with serving(Health("agent", "a", ()), "127.0.0.1", 0) as bound:
+        assert bound == 0 and not metrics.exported()
+
+
+def test_timeouts_are_counted_by_kind_and_other_errors_ignored() -> None:
+    def count(kind: str) -> float:
+        value = metrics.REGISTRY.get_sample_value("sasfleet_step_timeouts_total", {"kind": kind})
+        return value or 0.0
+
+    before = {k: count(k) for k in metrics.TIMEOUT_KINDS.values()}
+    metrics.count_timeout("StartToCloseTimeout")
+    metrics.count_timeout("HeartbeatTimeout")
+    metrics.count_timeout("RuntimeError")
+    after = {k: count(k) for k in metrics.TIMEOUT_KINDS.values()}
+    assert {k: after[k] - before[k] for k in after} == {
+        "schedule_to_start": 0,
+        "start_to_close": 1,
+        "schedule_to_close": 0,
+        "heartbeat": 1,
+    }
+
+
+# --------------------------------------------------------------------------- recoveries
+
+
+@pytest.mark.parametrize(
+    ("event", "detail", "kind"),
+    [
+        ("redispatch", "lease expired (agent agent-x)", "lease_expired"),
+        ("redispatch", "not claimed in time", "schedule_to_start_timeout"),
+        ("redispatch", "start-to-close timeout", "start_to_close_timeout"),
+        ("timeout_fail", "schedule-to-close timeout", "schedule_to_close_timeout"),
+        ("reannounce", "outcome not yet taken up by a scheduler", "reannounce"),
+        ("cancel", "not claimed in time", "cancelled"),
+        ("redispatch", "something new", "other"),
+    ],
+)
+def test_recovery_kinds(event: str, detail: str, kind: str) -> None:
+    assert recovery_kind(event, detail) == kind
+
+
+def test_the_reasons_recovery_kinds_read_are_the_ones_recover_lua_writes() -> None:
+    lua = (resources.files("sasfleet.shared.state") / "lua" / "recover.lua").read_text()
+    for reason in ("schedule-to-close timeout", "start-to-close timeout", "not claimed in time"):
+        assert f"'{reason}'" in lua
+    assert "'lease expired (agent '" in lua
+    for event in ("'redispatch'", "'timeout_fail'", "'reannounce'"):
+        assert event in lua
+
+
+# --------------------------------------------------------------------------- CLI views
+
+
+def test_job_show_prints_the_trace_id() -> None:
+    out = Console(record=True, width=200)
+    job = JobView(
+        job_id="j1",
+        status="succeeded",
+        created_at=1_000,
+        updated_at=2_000,
+        finished_at=2_000,
+        traceparent=f"00-{TRACE}-00f067aa0ba902b7-01",
+    )
+    render_job(out, job)
+    assert f"trace id: {TRACE}" in out.export_text()
+    render_job(out, JobView(job_id="j2", status="running", created_at=1, updated_at=1))
+    assert out.export_text().count("trace id") == 0  # export_text cleared the record
+
+
+def test_top_renders_states_agents_queues_and_failures() -> None:
+    now = time.time()
+    failed = JobView(
+        job_id="j-bad",
+        status="compensated",
+        created_at=int(now * 1000) - 900,
+        updated_at=int(now * 1000),
+        finished_at=int(now * 1000),
+        error={"type": "NonRetryableError", "message": "ship refused order o-1"},
+    )
+    agent = AgentView(
+        agent_id="agent-default-h-1",
+        pool="default",
+        host="h",
+        pid=1,
+        concurrency=8,
+        started_at=0,
+        last_beat=int(now * 1000) - 500,
+        running=["j-1|0", "j-2|1"],
+    )
+    snap = Snapshot(
+        at=now,
+        prefix="fleet",
+        window=2000,
+        states=Counter({"succeeded": 120, "running": 3, "compensated": 1}),
+        agents=[agent],
+        queues={"fleet.submit": (5, 1), "fleet.pool.default": (42, 1)},
+        failures=[failed],
+        throughput=12.5,
+        latency_ms={50: 20.0, 95: 80.0, 99: 120.0},
+    )
+    out = Console(record=True, width=160)
+    out.print(render(snap))
+    text = out.export_text()
+    assert "12.5 jobs/s" in text and "20/80/120 ms" in text
+    assert "succeeded" in text and "120" in text
+    assert "fleet.pool.default" in text and "42" in text
+    assert "agent-default-h-1" in text and "2/8" in text and "j-1|0, j-2|1" in text
+    assert "j-bad" in text and "NonRetryableError: ship refused order o-1" in text
