@@ -28,6 +28,8 @@ _LAZY = {
     "demo": "sasfleet.shared.tools.demo:demo",
     "bench": "sasfleet.shared.tools.bench:bench",
     "dead": "sasfleet.shared.tools.dead:dead",
+    "chaos": "sasfleet.shared.tools.chaos:chaos",
+    "top": "sasfleet.shared.tools.top:top",
 }
 
 
