@@ -51,7 +51,24 @@ schema: $(STAMP) ## Refresh the submit message's JSON Schema in the README
 bench: $(STAMP) services ## Benchmark: N one-step echo jobs through the real services
 	$(BIN)/sasfleet bench
 
+chaos: $(STAMP) services ## Chaos suite: 2,000 jobs under 22 faults (kills, restarts, garbage)
+	$(BIN)/sasfleet chaos --jobs 2000 --faults 22
+
+# The whole fleet in containers (deploy/compose.yaml; Docker with Compose v2). The first
+# `make up` writes deploy/.env with random passwords (deploy/new-env.sh).
+COMPOSE := docker compose -f deploy/compose.yaml
+AGENTS ?= 2
+
+up: ## The fleet in containers: RabbitMQ, Redis, Jaeger, services, AGENTS=2 agents
+	sh deploy/new-env.sh
+	$(COMPOSE) up -d --build --scale agent=$(AGENTS)
+
+down: ## Stop and remove the containers of `make up` (the data volumes stay)
+	$(COMPOSE) down
+
+.PHONY: up down
+
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-.PHONY: help venv services demo test test-unit lint format schema bench clean
+.PHONY: help venv services demo test test-unit lint format schema bench chaos clean

@@ -13,7 +13,8 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-COMPOSE_FILE="${SCRIPT_DIR}/compose.yaml"
+# Backing services only (no users, no fleet): compose.yaml is the whole secured fleet.
+COMPOSE_FILE="${SCRIPT_DIR}/compose.services.yaml"
 
 HOST=127.0.0.1
 # Fixed ports.  The two _SASFLEET_* overrides exist only to exercise the local start path
@@ -104,7 +105,7 @@ apt_install() {
 # ---------------------------------------------------------------------------------------
 redis_manual_hint() {
     err "  Start Redis by hand, then re-run this script:"
-    err "    docker compose -f deploy/compose.yaml up -d redis"
+    err "    docker compose -f deploy/compose.services.yaml up -d redis"
     err "  or: apt-get install -y redis-server && redis-server --daemonize yes --bind ${HOST} --port ${REDIS_PORT}"
 }
 
@@ -157,7 +158,7 @@ ensure_redis() {
 # ---------------------------------------------------------------------------------------
 rabbitmq_manual_hint() {
     err "  Start RabbitMQ by hand, then re-run this script:"
-    err "    docker compose -f deploy/compose.yaml up -d rabbitmq"
+    err "    docker compose -f deploy/compose.services.yaml up -d rabbitmq"
     err "  or: apt-get install -y rabbitmq-server && rabbitmq-server -detached"
 }
 
