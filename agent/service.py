@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from sasfleet.agent.heartbeat import Heartbeat
 from sasfleet.agent.registry import Registry
 from sasfleet.agent.runner import Runner
-from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
+from sasfleet.shared.connections import Connections, connected
 from sasfleet.shared.ids import instance_id
-from sasfleet.shared.runtime import every, mark_ready, retry_until_up
+from sasfleet.shared.runtime import every, mark_ready
 from sasfleet.shared.state.agents import AgentRegistry, agent_connection_prefix
-from sasfleet.shared.state.connection import connect_redis
-from sasfleet.shared.state.store import StateStore
-from sasfleet.shared.telemetry.health import Health, observed
 
 log = logging.getLogger(__name__)
 
@@ -41,39 +37,22 @@ class AgentService:
 
     async def run(self, stop: asyncio.Event, ready_file: str | None = None) -> None:
         s = self.settings
-        # Named connections let supervisors see at once when this process is gone.
-        redis = connect_redis(
-            s.redis_url.get_secret_value(), name=agent_connection_prefix(s.prefix) + self.instance
-        )
-        fleet = FleetChannel(
-            s.amqp_url.get_secret_value(), s.prefix, self.instance, s.amqp_heartbeat_s
-        )
-        health = Health("agent", self.instance, ("redis", "amqp", "consuming"))
+        async with connected(
+            s,
+            "agent",
+            self.instance,
+            stop,
+            prefetch=self.concurrency,
+            checks=("consuming",),
+            # Named connections let supervisors see at once when this process is gone.
+            redis_name=agent_connection_prefix(s.prefix) + self.instance,
+            amqp_heartbeat_s=s.amqp_heartbeat_s,
+        ) as c:
+            await self._serve(stop, ready_file, c)
 
-        async def redis_up() -> bool:
-            return bool(await redis.ping())
-
-        probes = {"redis": redis_up, "amqp": fleet.connected}
-        async with observed(
-            health, s.metrics_host, s.metrics_port, stop, probes, s.metrics_interval_s
-        ):
-            await self._run(stop, ready_file, redis, fleet, health)
-
-    async def _run(
-        self,
-        stop: asyncio.Event,
-        ready_file: str | None,
-        redis: Any,
-        fleet: FleetChannel,
-        health: Health,
-    ) -> None:
-        s = self.settings
-        await retry_until_up("redis", stop, redis.ping)
-        health.set("redis", True)
-        store = StateStore(redis, s.prefix)
-        agents = AgentRegistry(redis, s.prefix)
-        await retry_until_up("rabbitmq", stop, lambda: fleet.open(self.concurrency))
-        health.set("amqp", True)
+    async def _serve(self, stop: asyncio.Event, ready_file: str | None, c: Connections) -> None:
+        s, store, fleet, health = self.settings, c.store, c.fleet, c.health
+        agents = AgentRegistry(store.redis, s.prefix)
         runner = Runner(s, self.registry, store, fleet, self.concurrency)
         heartbeat = Heartbeat(
             runner, agents, self.pool, self.concurrency, min(s.heartbeat_s, s.lease_s / 3)
@@ -108,6 +87,4 @@ class AgentService:
         finally:
             beating.cancel()
             await agents.leave(self.instance)
-            await fleet.close()
-            await redis.aclose()
             runner.executor.shutdown(wait=False, cancel_futures=True)

@@ -66,6 +66,7 @@ class FleetChannel:
         self.connection = await connect(self.url, self.by, self.heartbeat_s)
 
     async def close(self) -> None:
+        await self.close_monitor()
         if self.connection is not None:
             await self.connection.close()
 
