@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from sasfleet.shared.state.views import AgentView
 log = logging.getLogger(__name__)
 
 RECORD_TTL_S = 300
+VERSION = importlib.metadata.version("sasfleet")
 
 
 class Heartbeat:
@@ -44,6 +46,7 @@ class Heartbeat:
             last_beat=self.runner.store.clock.now_ms(),
             running=[f"{job}|{step}" for job, step in self.runner.running],
             tasks=sorted(self.runner.registry.tasks),
+            version=VERSION,
         )
 
     async def beat(self) -> bool:

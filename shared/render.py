@@ -125,11 +125,12 @@ def render_jobs(out: Console, jobs: list[JobView]) -> None:
 def render_agents(out: Console, agents: list[AgentView]) -> None:
     now = time.time() * 1000
     table = Table()
-    for col in ("agent", "pool", "host", "pid", "slots", "last beat", "running"):
+    for col in ("agent", "version", "pool", "host", "pid", "slots", "last beat", "running"):
         table.add_column(col)
     for a in agents:
         table.add_row(
             a.agent_id,
+            a.version or "-",
             a.pool,
             a.host,
             str(a.pid),

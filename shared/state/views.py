@@ -66,3 +66,4 @@ class AgentView(msgspec.Struct, frozen=True, kw_only=True):
     last_beat: int
     running: list[str] = []
     tasks: list[str] = []
+    version: str = ""  # the sasfleet release the agent runs
