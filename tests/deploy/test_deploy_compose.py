@@ -5,6 +5,7 @@ port, probe, file and variable they name against the code and the other deploy f
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -233,8 +234,12 @@ def test_services_only_file_is_what_make_services_starts():
 def test_make_up_and_down_drive_this_compose_file():
     def dry_run(*targets: str) -> str:
         done = subprocess.run(
-            ["make", "-n", *targets],
+            ["make", "-n", "--no-print-directory", *targets],
             cwd=DEPLOY.parent,
+            # Under `make test` the parent make's flags would leak in ("Entering directory").
+            env={
+                k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+            },
             capture_output=True,
             text=True,
             timeout=60,
