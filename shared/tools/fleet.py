@@ -46,13 +46,22 @@ class ServiceProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, wait, then SIGKILL if it did not exit; returns the exit code."""
+        self.terminate()
+        return self.wait(timeout_s)
+
+    def terminate(self) -> None:
+        """Ask the process to drain and exit (SIGCONT first: a stopped one cannot)."""
         if self.alive():
-            self.signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+            self.signal(signal.SIGCONT)
             self.signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for the exit; SIGKILL after ``timeout_s``. A second SIGTERM is never sent:
+        once a service has removed its handlers it would die of it mid-shutdown."""
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
         return self.proc.returncode
 
     def log(self) -> str:
@@ -144,11 +153,6 @@ class LocalFleet:
 
     def stop_all(self, timeout_s: float = 30.0) -> dict[str, int | None]:
         """Stop every process this fleet started; returns exit codes by name."""
-        codes = {}
         for service in self.processes:
-            if service.alive():
-                service.signal(signal.SIGCONT)
-                service.signal(signal.SIGTERM)
-        for service in self.processes:
-            codes[service.name] = service.stop(timeout_s)
-        return codes
+            service.terminate()
+        return {service.name: service.wait(timeout_s) for service in self.processes}
