@@ -51,6 +51,9 @@ schema: $(STAMP) ## Refresh the submit message's JSON Schema in the README
 bench: $(STAMP) services ## Benchmark: N one-step echo jobs through the real services
 	$(BIN)/sasfleet bench
 
+scale: $(STAMP) services ## Scale test: the same workload through 1, 2, 4 and 8 agent processes
+	$(BIN)/sasfleet scale
+
 chaos: $(STAMP) services ## Chaos suite: 2,000 jobs under 22 faults (kills, restarts, garbage)
 	$(BIN)/sasfleet chaos --jobs 2000 --faults 22
 
@@ -71,4 +74,4 @@ down: ## Stop and remove the containers of `make up` (the data volumes stay)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-.PHONY: help venv services demo test test-unit lint format schema bench chaos clean
+.PHONY: help venv services demo test test-unit lint format schema bench scale chaos clean

@@ -30,6 +30,7 @@ _LAZY = {
     "dead": "sasfleet.shared.tools.dead:dead",
     "chaos": "sasfleet.shared.tools.chaos:chaos",
     "top": "sasfleet.shared.tools.top:top",
+    "scale": "sasfleet.shared.tools.scale:scale",
 }
 
 
