@@ -8,7 +8,6 @@ import functools
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from process_support import free_port, rabbitmq_server, stop, tail
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -53,12 +53,6 @@ def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
         return [doc for doc in yaml.safe_load_all(fh) if doc]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def render(template: Path, output: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run deploy/render.sh (the script compose uses) on ``template``."""
     return subprocess.run(
@@ -87,39 +81,15 @@ def _wait(probe: Any, proc: subprocess.Popen[bytes], what: str, log: Path, timeo
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail(log)}")
         try:
             if probe():
                 return
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not answer within {timeout}s:\n{_tail(log)}")
+            raise TimeoutError(f"{what} did not answer within {timeout}s:\n{tail(log)}")
         time.sleep(0.2)
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError as exc:
-        return f"({path}: {exc})"
-
-
-def _stop(proc: subprocess.Popen[bytes], *, group: bool = False, timeout: float = 30.0) -> None:
-    """SIGTERM (to the process group we created, when ``group``), then SIGKILL."""
-    if proc.poll() is None:
-        if group:
-            os.killpg(proc.pid, signal.SIGTERM)
-        else:
-            proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            if group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-            proc.wait(10)
 
 
 def _redis_ping(port: int) -> bool:
@@ -191,16 +161,7 @@ def private_redis(workdir: Path, passwords: dict[str, str]) -> Iterator[PrivateR
         _wait(lambda: _redis_ping(port), proc, "redis-server", log, 15)
         yield PrivateRedis(port, proc, log)
     finally:
-        _stop(proc)
-
-
-def _rabbitmq_server() -> str:
-    # Debian's /usr/sbin/rabbitmq-server re-runs itself as the rabbitmq user when started as
-    # root; the script it wraps runs the node as the calling user.
-    for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail("rabbitmq-server is not installed: run `make services` (it installs it)")
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +169,7 @@ def private_rabbitmq(workdir: Path, passwords: dict[str, str]) -> Iterator[Priva
     """A private RabbitMQ node (own epmd, ports, data dir) that loads
     deploy/rabbitmq/definitions.json (rendered) at boot. The machine's broker is not
     touched."""
-    server = _rabbitmq_server()
+    server = rabbitmq_server()
     epmd_bin = shutil.which("epmd")
     if epmd_bin is None:
         pytest.fail("epmd (Erlang) is not installed: run `make services`")
@@ -258,9 +219,9 @@ def private_rabbitmq(workdir: Path, passwords: dict[str, str]) -> Iterator[Priva
             _wait(lambda: _amqp_answers(port), proc, "rabbitmq-server", log, 90)
             yield PrivateRabbit(port, proc, epmd, log, base)
         finally:
-            _stop(proc, group=True, timeout=60)
+            stop(proc, group=True, timeout=60)
     finally:
-        _stop(epmd)
+        stop(epmd)
 
 
 # --------------------------------------------------------------------------- the code's names

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -26,20 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError as exc:
-        return f"({path}: {exc})"
-
+from process_support import free_port, rabbitmq_server, stop, tail
 
 # --------------------------------------------------------------------------- certificates
 
@@ -108,32 +94,15 @@ def _wait(
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail(log)}")
         try:
             if probe():
                 return
         except (OSError, ssl.SSLError):
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not answer within {timeout}s:\n{_tail(log)}")
+            raise TimeoutError(f"{what} did not answer within {timeout}s:\n{tail(log)}")
         time.sleep(0.2)
-
-
-def _stop(proc: subprocess.Popen[bytes], *, group: bool = False, timeout: float = 30.0) -> None:
-    """SIGTERM (to the process group we created, when ``group``), then SIGKILL."""
-    if proc.poll() is None:
-        if group:
-            os.killpg(proc.pid, signal.SIGTERM)
-        else:
-            proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            if group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-            proc.wait(10)
 
 
 def _tls_exchange(port: int, certs: Certs, hello: bytes, size: int) -> bytes:
@@ -165,7 +134,7 @@ class TlsRedis:
         )
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop(self.proc)
 
 
 def start_tls_redis(workdir: Path, certs: Certs, password: str) -> TlsRedis:
@@ -204,21 +173,12 @@ def start_tls_redis(workdir: Path, certs: Certs, password: str) -> TlsRedis:
             pytest.fail(f"this redis-server has no TLS support (built without BUILD_TLS?): {exc}")
         raise
     except BaseException:
-        _stop(proc)
+        stop(proc)
         raise
     return TlsRedis(port, proc, log)
 
 
 # --------------------------------------------------------------------------- RabbitMQ
-
-
-def _rabbitmq_server() -> str:
-    # Debian's /usr/sbin/rabbitmq-server re-runs itself as the rabbitmq user when started as
-    # root; the script it wraps runs the node as the calling user.
-    for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail("rabbitmq-server is not installed: run `make services` (it installs it)")
 
 
 @dataclass
@@ -239,16 +199,16 @@ class TlsRabbit:
 
     def stop(self) -> None:
         try:
-            _stop(self.proc, group=True, timeout=60)
+            stop(self.proc, group=True, timeout=60)
         finally:
-            _stop(self.epmd)
+            stop(self.epmd)
 
 
 def start_tls_rabbit(workdir: Path, certs: Certs, user: str, password: str) -> TlsRabbit:
     """A private node with an SSL listener only (``listeners.tcp = none``), its own epmd,
     distribution port, data and log directories, no plugins, and one user (loaded from a
     definitions file at boot, so no ``guest`` user exists)."""
-    server = _rabbitmq_server()
+    server = rabbitmq_server()
     epmd_bin = shutil.which("epmd")
     if epmd_bin is None:
         pytest.fail("epmd (Erlang) is not installed: run `make services`")
@@ -319,7 +279,7 @@ def start_tls_rabbit(workdir: Path, certs: Certs, user: str, password: str) -> T
                 start_new_session=True,
             )
     except BaseException:
-        _stop(epmd)
+        stop(epmd)
         raise
     rabbit = TlsRabbit(port, proc, epmd, log, home)
 

@@ -1,0 +1,54 @@
+"""Helpers for tests that run private server processes (a TLS Redis, a RabbitMQ node with
+its own users): ports, log tails, finding the server binary, stopping by PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    """The end of a log file, for failure messages."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError as exc:
+        return f"({path}: {exc})"
+
+
+def stop(proc: subprocess.Popen[bytes], *, group: bool = False, timeout: float = 30.0) -> None:
+    """SIGTERM (to the process group we created, when ``group``), then SIGKILL."""
+    if proc.poll() is None:
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait(10)
+
+
+def rabbitmq_server() -> str:
+    """The rabbitmq-server script that runs a node as the calling user."""
+    # Debian's /usr/sbin/rabbitmq-server re-runs itself as the rabbitmq user when started as
+    # root; the script it wraps runs the node as the calling user.
+    for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail("rabbitmq-server is not installed: run `make services` (it installs it)")
