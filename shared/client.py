@@ -76,6 +76,7 @@ class Client:
         # Jobs this client submitted with its reply queue: their end arrives as a reply.
         self._replying: set[str] = set()
         self._poller: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -93,9 +94,11 @@ class Client:
 
     async def close(self) -> None:
         if self._poller is not None:
+            self._closing = True
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            # redis-py can swallow a cancel that lands mid-command; the loop also watches
+            # _closing, and close() never waits on the poller for more than a moment.
+            await asyncio.wait({self._poller}, timeout=2.0)
         await self._fleet.close()
         await self._redis.aclose()
 
@@ -229,7 +232,7 @@ class Client:
 
     async def _poll(self) -> None:
         """The fallback: every second, read the state of the jobs still awaited."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(_POLL_S)
             waiting = list(self._waiters)
             if not waiting:

@@ -1,7 +1,8 @@
 """The only place that knows Redis key formats.
 
-All keys of one job share the hash tag ``{<job_id>}`` so every script that touches a job
-touches one Redis Cluster slot. Fleet-wide indexes (deadlines, jobs, agents) are plain keys.
+All keys of one job share the hash tag ``{<job_id>}``. Fleet-wide indexes (deadlines,
+timers, jobs, agents, escalations) are plain keys that the same scripts touch, so the
+scripts are not yet Redis Cluster-ready (see docs/scaling.md for the planned buckets).
 """
 
 from __future__ import annotations

@@ -177,8 +177,9 @@ class _BusySampler:
 
 
 async def _within(run: Coroutine[Any, Any, BenchRun], timeout_s: float) -> BenchRun | None:
-    """The run's result, or None when it did not end within ``timeout_s`` (it is then
-    cancelled: its processes are stopped)."""
+    """The run's result, or None when it did not end within ``timeout_s``. The run is then
+    cancelled (its processes are stopped); a run whose workload had finished and which only
+    hung on the way out (see docs/scaling.md) still returns its figures."""
     try:
         return await asyncio.wait_for(run, timeout_s)
     except TimeoutError:
@@ -248,10 +249,11 @@ def render_table(rows: Sequence[ScaleRow]) -> Table:
 )
 @click.option(
     "--run-timeout",
-    default=600.0,
+    default=300.0,
     show_default=True,
     type=click.FloatRange(0, min_open=True),
-    help="Seconds one agent count may take; a run that does not end in time fails.",
+    help="Seconds one agent count may take before it is cancelled; a count left without "
+    "figures fails the command.",
 )
 @settings_options
 def scale(

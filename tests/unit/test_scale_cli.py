@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,39 @@ def test_a_run_that_does_not_end_in_time_fails_the_command(
     assert "2 agents: no result within 0.05 s" in done.output
     assert "4 agents:" in done.output  # the next count still runs
     assert len(purged) == 3  # every count's prefix is purged, the hung one's too
+
+
+def test_a_run_hung_after_its_workload_still_gives_its_figures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Like ``Client.close`` when redis-py swallows the cancellation of its poller: the
+    poller keeps looping and ``close`` waits for it until the run is cancelled."""
+
+    async def poller() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed, as redis-py may
+            await asyncio.sleep(60)
+        await asyncio.Event().wait()  # runs on until cancelled once more
+
+    async def closing_bench_once(
+        settings: Any, workload: list[Any], agents: int, concurrency: int, in_flight: int
+    ) -> BenchRun:
+        task = asyncio.create_task(poller())
+        await asyncio.sleep(0.02)
+        run = BenchRun(_result(len(workload), elapsed_s=1.0), {"agent": 0.5})
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return run
+
+    async def fake_purge(settings: Any) -> None:
+        return None
+
+    monkeypatch.setattr(scale_module, "bench_once", closing_bench_once)
+    monkeypatch.setattr(scale_module, "purge_fleet", fake_purge)
+    args = ["scale", "-n", "5", "--agents-counts", "1", "--run-timeout", "0.2"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    assert "1 agents: 5 jobs/s" in done.output
 
 
 def _result(jobs: int, elapsed_s: float, failed: int = 0) -> RunResult:
