@@ -52,3 +52,21 @@ def rabbitmq_server() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     pytest.fail("rabbitmq-server is not installed: run `make services` (it installs it)")
+
+
+def rabbitmq_node_env(home: Path, name: str, epmd_port: int, dist_port: int) -> dict[str, str]:
+    """Environment of a private RabbitMQ node whose files all live under ``home``."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),  # its own Erlang cookie
+        "ERL_EPMD_PORT": str(epmd_port),
+        "RABBITMQ_NODENAME": name,
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(home / "advanced.config"),
+        "RABBITMQ_CONF_ENV_FILE": str(home / "rabbitmq-env.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(home / "log"),
+        "RABBITMQ_PLUGINS_EXPAND_DIR": str(home / "plugins-expand"),
+    }

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from process_support import free_port, rabbitmq_server, stop, tail
+from process_support import free_port, rabbitmq_node_env, rabbitmq_server, stop, tail
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -191,20 +191,9 @@ def private_rabbitmq(workdir: Path, passwords: dict[str, str]) -> Iterator[Priva
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(base),
-        "ERL_EPMD_PORT": str(epmd_port),
-        "RABBITMQ_NODENAME": f"sasfleet-{uuid.uuid4().hex[:8]}@localhost",
-        "RABBITMQ_DIST_PORT": str(dist_port),
-        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
-        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(base / "log"),
-        "RABBITMQ_PLUGINS_EXPAND_DIR": str(base / "plugins-expand"),
-    }
+    env = rabbitmq_node_env(
+        base, f"sasfleet-{uuid.uuid4().hex[:8]}@localhost", epmd_port, dist_port
+    )
     try:
         with log.open("wb") as out:
             proc = subprocess.Popen(

@@ -12,7 +12,6 @@ application) FAILS the test with a clear message; nothing here skips.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import ssl
@@ -25,7 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from process_support import free_port, rabbitmq_server, stop, tail
+from process_support import free_port, rabbitmq_node_env, rabbitmq_server, stop, tail
 
 # --------------------------------------------------------------------------- certificates
 
@@ -252,18 +251,9 @@ def start_tls_rabbit(workdir: Path, certs: Certs, user: str, password: str) -> T
         start_new_session=True,
     )
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),  # its own Erlang cookie
-        "ERL_EPMD_PORT": str(epmd_port),
-        "RABBITMQ_NODENAME": f"sasfleet-tls-{uuid.uuid4().hex[:8]}@localhost",
-        "RABBITMQ_DIST_PORT": str(dist_port),
-        "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(home / "advanced.config"),
-        "RABBITMQ_CONF_ENV_FILE": str(home / "rabbitmq-env.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
-        "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(home / "log"),
-        "RABBITMQ_PLUGINS_EXPAND_DIR": str(home / "plugins-expand"),
+        **rabbitmq_node_env(
+            home, f"sasfleet-tls-{uuid.uuid4().hex[:8]}@localhost", epmd_port, dist_port
+        ),
         "RABBITMQ_PID_FILE": str(home / "beam.pid"),
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
     }
