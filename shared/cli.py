@@ -148,9 +148,9 @@ def submit(
 
 
 async def _with_redis(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from sasfleet.shared.state.connection import connect_redis
+    from sasfleet.shared.state.connection import redis_for
 
-    redis = connect_redis(settings.redis_url.get_secret_value())
+    redis = redis_for(settings)
     try:
         return await fn(redis)
     finally:

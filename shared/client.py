@@ -32,7 +32,7 @@ from sasfleet.shared.messages.codec import (
 )
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.messages.submit import StepSpec, SubmitJob
-from sasfleet.shared.state.connection import connect_redis
+from sasfleet.shared.state.connection import redis_for
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.records import Announce
 from sasfleet.shared.state.store import StateStore
@@ -67,7 +67,7 @@ class Client:
         self._fleet = FleetChannel(
             self.settings.amqp_url.get_secret_value(), self.settings.prefix, self.by
         )
-        self._redis = connect_redis(self.settings.redis_url.get_secret_value())
+        self._redis = redis_for(self.settings)
         self._store = StateStore(self._redis, self.settings.prefix)
         self._reader = JobReader(self._redis, self.settings.prefix)
         self._reply_to = ""

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
         SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="RabbitMQ URL."
     )
     redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL.")
+    redis_cluster: bool = Field(
+        False,
+        description="Redis is a Redis Cluster; the URL names one of its nodes (the client "
+        "discovers the others).",
+    )
     prefix: str = Field(
         "sasfleet", description="Prefix of every queue, exchange and Redis key of this fleet."
     )

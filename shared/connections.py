@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.runtime import retry_until_up
-from sasfleet.shared.state.connection import connect_redis
+from sasfleet.shared.state.connection import redis_for
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.telemetry.health import Health, observed
 
@@ -41,7 +41,7 @@ async def connected(
     crash-looping), serve /metrics, /healthz and /readyz while the block runs, and close
     everything after it. ``checks`` name the service's own readiness conditions."""
     s = settings
-    redis = connect_redis(s.redis_url.get_secret_value(), name=redis_name)
+    redis = redis_for(s, name=redis_name)
     fleet = FleetChannel(s.amqp_url.get_secret_value(), s.prefix, instance, amqp_heartbeat_s)
     health = Health(role, instance, ("redis", "amqp", *checks))
 

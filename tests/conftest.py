@@ -27,6 +27,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from redis_cluster_support import RedisClusterNodes, RedisTarget, start_redis_cluster
 
 from sasfleet.shared.amqp.topology import QUEUE_HEADER, REASON_HEADER, Names
 from sasfleet.shared.client import Client
@@ -229,6 +230,24 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def keys(settings: Settings) -> Keys:
     return Keys(settings.prefix)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A private three-node Redis Cluster for the whole session (started on first use)."""
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_target(request: pytest.FixtureRequest, broker_and_redis_up: None) -> RedisTarget:
+    """Runs a test once against one Redis server and once against a 3-node Redis Cluster."""
+    if request.param == "redis-cluster":
+        return RedisTarget(request.getfixturevalue("redis_cluster").url, cluster=True)
+    return RedisTarget(load_settings().redis_url.get_secret_value(), cluster=False)
 
 
 @pytest.fixture

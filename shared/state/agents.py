@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgspec
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from sasfleet.shared.messages.codec import encode
+from sasfleet.shared.state.connection import RedisClient
 from sasfleet.shared.state.keys import Keys
 from sasfleet.shared.state.views import AgentView
 
@@ -15,7 +18,7 @@ _agent_decoder = msgspec.json.Decoder(AgentView)
 class AgentRegistry:
     """Writes and reads agent heartbeat records."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
 
@@ -37,7 +40,7 @@ class AgentRegistry:
     async def connected(self) -> set[str]:
         """Agent ids with an open Redis connection (agents name their connections), so an
         agent whose process died is noticed as soon as its TCP connection closes."""
-        names = {str(c.get("name", "")) for c in await self.redis.client_list()}
+        names = {str(c.get("name", "")) for c in await _client_list(self.redis)}
         prefix = agent_connection_prefix(self.keys.prefix)
         return {n[len(prefix) :] for n in names if n.startswith(prefix)}
 
@@ -64,3 +67,16 @@ class AgentRegistry:
 def agent_connection_prefix(prefix: str) -> str:
     """The Redis client name prefix of this fleet's agents' connections."""
     return f"{prefix}:agent:"
+
+
+async def _client_list(redis: RedisClient) -> list[dict[str, str]]:
+    """CLIENT LIST of every node: in a cluster an agent's connections are spread over the
+    nodes that hold its steps' buckets."""
+    if isinstance(redis, RedisCluster):
+        # With several target nodes the reply is {node name: that node's list}.
+        per_node = cast(
+            dict[str, list[dict[str, str]]],
+            await redis.client_list(target_nodes=RedisCluster.ALL_NODES),
+        )
+        return [c for clients in per_node.values() for c in clients]
+    return list(await redis.client_list())

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import redis.asyncio as aioredis
-
 from sasfleet.shared.messages.codec import any_decoder
+from sasfleet.shared.state.connection import RedisClient
 from sasfleet.shared.state.keys import Keys
 from sasfleet.shared.state.views import HistoryEntry, JobView, StepView
 
@@ -59,7 +58,7 @@ def _step(h: dict[str, str]) -> StepView:
 class JobReader:
     """Builds :class:`JobView` documents from Redis."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
 
@@ -102,20 +101,27 @@ class JobReader:
             replies = await pipe.execute()
         return dict(zip(job_ids, replies, strict=True))
 
-    async def job_ids(self, limit: int, newest_first: bool = True) -> list[str]:
-        """Ids of the most recent jobs."""
-        if newest_first:
-            ids = await self.redis.zrevrange(self.keys.jobs, 0, limit - 1)
-        else:
-            ids = await self.redis.zrange(self.keys.jobs, 0, limit - 1)
-        return [str(i) for i in ids]
+    async def job_ids(self, limit: int, newest_first: bool = True, offset: int = 0) -> list[str]:
+        """Ids of the most recent (or oldest) jobs, merged over every bucket's index."""
+        end = offset + limit - 1
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for b in self.keys.buckets:
+                if newest_first:
+                    pipe.zrevrange(self.keys.jobs(b), 0, end, withscores=True)
+                else:
+                    pipe.zrange(self.keys.jobs(b), 0, end, withscores=True)
+            replies: list[list[tuple[str, float]]] = await pipe.execute()
+        merged = sorted(
+            ((score, str(i)) for reply in replies for i, score in reply), reverse=newest_first
+        )
+        return [i for _, i in merged[offset : offset + limit]]
 
     async def jobs(self, status: str | None, limit: int) -> list[JobView]:
         """Recent jobs (newest first), optionally only those in ``status``."""
         found: list[JobView] = []
         offset, page = 0, max(limit, 100)
         while len(found) < limit:
-            ids = await self.redis.zrevrange(self.keys.jobs, offset, offset + page - 1)
+            ids = await self.job_ids(page, offset=offset)
             if not ids:
                 break
             offset += page

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import msgspec
-import redis.asyncio as aioredis
 
 from sasfleet.shared.messages.codec import encode
 from sasfleet.shared.messages.schedule import Schedule
+from sasfleet.shared.state.connection import RedisClient
 from sasfleet.shared.state.keys import Keys
 from sasfleet.shared.state.scripts import script_source
 
@@ -16,7 +16,7 @@ _decoder = msgspec.json.Decoder(Schedule)
 class Schedules:
     """Adds, lists and removes schedules; hands out due ticks to exactly one scheduler."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self._claim = redis.register_script(script_source("claim_due"))

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from sasfleet.shared.clock import Clock, SystemClock
 from sasfleet.shared.messages.codec import any_decoder, encode
 from sasfleet.shared.messages.events import ErrorInfo
+from sasfleet.shared.state.connection import RedisClient
 from sasfleet.shared.state.keys import Keys, deadline_member
 from sasfleet.shared.state.records import (
     AdvanceResult,
@@ -50,7 +49,7 @@ RENEWED, LEASE_LOST, CANCEL_REQUESTED = 1, 0, 2
 class StateStore:
     """Typed access to job and step state in Redis, under one fleet prefix."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, clock: Clock | None = None) -> None:
+    def __init__(self, redis: RedisClient, prefix: str, clock: Clock | None = None) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.clock = clock or SystemClock()
@@ -61,7 +60,15 @@ class StateStore:
 
     def _step_keys(self, job_id: str, step: int) -> list[str]:
         k = self.keys
-        return [k.job(job_id), k.step(job_id, step), k.history(job_id), k.deadlines]
+        return [
+            k.job(job_id),
+            k.step(job_id, step),
+            k.history(job_id),
+            k.deadlines(k.bucket_of(job_id)),
+        ]
+
+    def _agent_steps(self, agent: str, job_id: str) -> str:
+        return self.keys.agent_steps(agent, self.keys.bucket_of(job_id))
 
     async def reserve_idempotency_key(self, key: str, job_id: str, ttl_s: int) -> str:
         """Bind ``key`` to ``job_id`` unless it is bound already; returns the bound job id."""
@@ -89,12 +96,13 @@ class StateStore:
             len(job.steps),
             *(s.fields() for s in job.steps),
         ]
+        b = k.bucket_of(jid)
         keys = [
             k.job(jid),
             k.history(jid),
-            k.jobs,
-            k.deadlines,
-            k.timers,
+            k.jobs(b),
+            k.deadlines(b),
+            k.timers(b),
             k.step(jid, 0),
             k.cancel_marker(jid),
         ]
@@ -126,7 +134,7 @@ class StateStore:
         k = self.keys
         reply = await self._run(
             "fail_submission",
-            [k.job(job_id), k.history(job_id), k.jobs],
+            [k.job(job_id), k.history(job_id), k.jobs(k.bucket_of(job_id))],
             [job_id, self.clock.now_ms(), by, encode(error), reply_to, correlation_id, ttl_s],
         )
         return bool(reply)
@@ -137,7 +145,7 @@ class StateStore:
         """DISPATCHED -> RUNNING for the holder of ``lease``; False (recorded) otherwise."""
         reply = await self._run(
             "claim",
-            [*self._step_keys(job_id, step), self.keys.agent_steps(agent)],
+            [*self._step_keys(job_id, step), self._agent_steps(agent, job_id)],
             [
                 deadline_member(job_id, step),
                 lease,
@@ -158,7 +166,7 @@ class StateStore:
         k = self.keys
         reply = await self._run(
             "renew",
-            [k.step(job_id, step), k.deadlines, k.job(job_id)],
+            [k.step(job_id, step), k.deadlines(k.bucket_of(job_id)), k.job(job_id)],
             [
                 deadline_member(job_id, step),
                 lease,
@@ -174,7 +182,7 @@ class StateStore:
         """Hand a running step back for another agent (shutdown); None if the lease is gone."""
         reply = await self._run(
             "release",
-            [*self._step_keys(job_id, step), self.keys.agent_steps(agent)],
+            [*self._step_keys(job_id, step), self._agent_steps(agent, job_id)],
             [deadline_member(job_id, step), lease, agent, self.clock.now_ms(), step],
         )
         return DispatchOrder.from_reply(job_id, reply) if reply[0] == "dispatch" else None
@@ -207,7 +215,7 @@ class StateStore:
         now = self.clock.now_ms()
         reply = await self._run(
             "record",
-            [*self._step_keys(job_id, step), self.keys.agent_steps(agent)],
+            [*self._step_keys(job_id, step), self._agent_steps(agent, job_id)],
             [
                 deadline_member(job_id, step),
                 lease,
@@ -230,15 +238,16 @@ class StateStore:
         """Take up a recorded outcome: dispatch the next step or a compensation, wait to
         retry, or end the job."""
         k = self.keys
+        b = k.bucket_of(job_id)
         reply = await self._run(
             "advance",
             [
                 k.job(job_id),
                 k.step(job_id, step),
                 k.history(job_id),
-                k.deadlines,
-                k.timers,
-                k.escalations,
+                k.deadlines(b),
+                k.timers(b),
+                k.escalations(b),
             ],
             [job_id, step, lease, by, self.clock.now_ms(), ttl_s, k.step_prefix(job_id)],
         )
@@ -262,17 +271,22 @@ class StateStore:
 
     async def due(self, limit: int) -> list[str]:
         """Deadline members (``job_id|step``) that are due now, oldest first."""
-        return await self._due(self.keys.deadlines, limit)
+        return await self._due([self.keys.deadlines(b) for b in self.keys.buckets], limit)
 
     async def timers_due(self, limit: int) -> list[str]:
         """Timer members (``job_id|step``: retry backoffs, delayed starts) due now."""
-        return await self._due(self.keys.timers, limit)
+        return await self._due([self.keys.timers(b) for b in self.keys.buckets], limit)
 
-    async def _due(self, key: str, limit: int) -> list[str]:
-        members = await self.redis.zrangebyscore(
-            key, "-inf", self.clock.now_ms(), start=0, num=limit
-        )
-        return [str(m) for m in members]
+    async def _due(self, keys: list[str], limit: int) -> list[str]:
+        """The ``limit`` most overdue members of the sorted sets ``keys`` (one pipeline;
+        a cluster client sends it to each node holding some of them)."""
+        now = self.clock.now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrangebyscore(key, "-inf", now, start=0, num=limit, withscores=True)
+            replies: list[list[tuple[str, float]]] = await pipe.execute()
+        due = sorted((score, str(m)) for reply in replies for m, score in reply)
+        return [m for _, m in due[:limit]]
 
     async def recover(
         self, job_id: str, step: int, by: str, *, announce_after_ms: int
@@ -305,7 +319,7 @@ class StateStore:
         k, now = self.keys, self.clock.now_ms()
         reply = await self._run(
             "fire_timer",
-            [*self._step_keys(job_id, step), k.timers],
+            [*self._step_keys(job_id, step), k.timers(k.bucket_of(job_id))],
             [deadline_member(job_id, step), now, by, step, now + announce_after_ms],
         )
         if reply[0] == "dispatch":
@@ -323,7 +337,13 @@ class StateStore:
         k, now = self.keys, self.clock.now_ms()
         reply = await self._run(
             "cancel",
-            [k.job(job_id), k.history(job_id), k.deadlines, k.timers, k.cancel_marker(job_id)],
+            [
+                k.job(job_id),
+                k.history(job_id),
+                k.deadlines(k.bucket_of(job_id)),
+                k.timers(k.bucket_of(job_id)),
+                k.cancel_marker(job_id),
+            ],
             [job_id, now, by, k.step_prefix(job_id), now + announce_after_ms, ttl_s],
         )
         if reply[0] == "announce":
@@ -332,30 +352,32 @@ class StateStore:
 
     async def expire_agent(self, agent_id: str) -> int:
         """Make the steps a dead or hung agent still holds due for recovery now."""
-        before, after = self.keys.step_key_format()
-        return int(
-            await self._run(
-                "expire_agent",
-                [self.keys.agent_steps(agent_id), self.keys.deadlines],
-                [agent_id, self.clock.now_ms(), before, after],
+        k, now, made_due = self.keys, self.clock.now_ms(), 0
+        for b in k.buckets:
+            before, after = k.step_key_format(b)
+            made_due += int(
+                await self._run(
+                    "expire_agent",
+                    [k.agent_steps(agent_id, b), k.deadlines(b)],
+                    [agent_id, now, before, after],
+                )
             )
-        )
+        return made_due
 
     async def claim_escalations(self, limit: int, retry_after_ms: int) -> list[str]:
         """Escalated jobs to report now. Each is claimed for ``retry_after_ms`` (so one
         supervisor reports it); call :meth:`escalation_reported` when done."""
-        now = self.clock.now_ms()
-        due = await self._due(self.keys.escalations, limit)
+        k, now = self.keys, self.clock.now_ms()
+        due = await self._due([k.escalations(b) for b in k.buckets], limit)
         claimed = []
         for job_id in due:
-            if await self._run(
-                "claim_due", [self.keys.escalations], [job_id, now, now + retry_after_ms]
-            ):
+            escalations = k.escalations(k.bucket_of(job_id))
+            if await self._run("claim_due", [escalations], [job_id, now, now + retry_after_ms]):
                 claimed.append(job_id)
         return claimed
 
     async def escalation_reported(self, job_id: str) -> None:
-        await self.redis.zrem(self.keys.escalations, job_id)
+        await self.redis.zrem(self.keys.escalations(self.keys.bucket_of(job_id)), job_id)
 
     async def step_results(self, job_id: str, steps: range) -> list[Any]:
         """The recorded results (decoded JSON, None where none) of ``steps``."""

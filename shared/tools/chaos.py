@@ -29,7 +29,7 @@ from rich.console import Console
 
 from sasfleet.shared.client import Client
 from sasfleet.shared.config import Settings, load_settings
-from sasfleet.shared.state.connection import connect_redis
+from sasfleet.shared.state.connection import redis_for
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.views import JobView
 from sasfleet.shared.statemachine import JOB_TERMINAL
@@ -155,7 +155,7 @@ async def _read_all(reader: JobReader, job_ids: list[str]) -> dict[str, JobView 
 
 
 async def _records(settings: Settings) -> Records:
-    redis = connect_redis(settings.redis_url.get_secret_value())
+    redis = redis_for(settings)
     ns = f"{settings.prefix}:chaos"
     try:
 
@@ -241,7 +241,7 @@ async def _run(
         f"{', '.join(run.fault_plan)}"
     )
     stop = asyncio.Event()
-    reader_redis = connect_redis(settings.redis_url.get_secret_value())
+    reader_redis = redis_for(settings)
     reader = JobReader(reader_redis, settings.prefix)
     client = Client(settings)
     await client.connect()

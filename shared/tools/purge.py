@@ -5,7 +5,7 @@ from __future__ import annotations
 from sasfleet.shared.amqp.connection import connect
 from sasfleet.shared.amqp.topology import Names
 from sasfleet.shared.config import Settings
-from sasfleet.shared.state.connection import connect_redis
+from sasfleet.shared.state.connection import redis_for
 from sasfleet.shared.state.keys import Keys
 
 
@@ -13,7 +13,7 @@ async def purge_fleet(
     settings: Settings, pools: list[str] | tuple[str, ...] = ("default",)
 ) -> None:
     """Delete the prefix's Redis keys, queues and exchanges. Only this prefix's."""
-    redis = connect_redis(settings.redis_url.get_secret_value())
+    redis = redis_for(settings)
     try:
         batch: list[str] = []
         async for key in redis.scan_iter(match=Keys(settings.prefix).pattern(), count=1000):

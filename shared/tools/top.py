@@ -27,7 +27,7 @@ from sasfleet.shared.clihelpers import settings_options
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import instance_id
 from sasfleet.shared.state.agents import AgentRegistry
-from sasfleet.shared.state.connection import connect_redis
+from sasfleet.shared.state.connection import redis_for
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.views import AgentView, JobView
 from sasfleet.shared.statemachine import JOB_TERMINAL, JobStatus
@@ -214,7 +214,7 @@ async def watch(
     settings: Settings, interval: float, window: int, once: bool, console: Console
 ) -> None:
     """Show frames until interrupted (one with ``once``)."""
-    redis = connect_redis(settings.redis_url.get_secret_value(), max_connections=4)
+    redis = redis_for(settings, max_connections=4)
     fleet = FleetChannel(settings.amqp_url.get_secret_value(), settings.prefix, instance_id("top"))
     try:
         try:

@@ -70,7 +70,9 @@ def same_default(cell: str, value: Any) -> bool:
     if value in ("", None):
         return cell == "(none)"
     written = cell.strip("`")
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool):  # written as in an environment variable
+        return written == str(value).lower()
+    if not isinstance(value, int | float):
         return written == default_text(value)
     try:
         return float(written) == float(value)

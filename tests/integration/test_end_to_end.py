@@ -160,7 +160,7 @@ async def test_resubmission_with_the_same_idempotency_key_runs_one_job(raw, clie
     assert reply.correlation_id == "dup"
     assert (doc["job_id"], doc["status"], doc["result"]) == (first, "succeeded", {"n": 1})
 
-    assert await redis.zcard(keys.jobs) == 1
+    assert await redis.zcard(keys.jobs(keys.bucket_of(first))) == 1
     assert [j.job_id for j in await client._reader.jobs(None, 10)] == [first]
     view = await client.get(first)
     assert view is not None and view.status == "succeeded"

@@ -266,7 +266,7 @@ async def test_failing_compensation_escalates_and_posts_the_webhook_once(
     await eventually(posted, timeout=15, what="the escalation webhook POST")
     # The report is marked done once the webhook answered 2xx...
     await eventually(
-        lambda: _zcard_is_zero(redis, keys.escalations),
+        lambda: _zcard_is_zero(redis, keys.escalations(keys.bucket_of(job_id))),
         timeout=10,
         what="the escalation marked reported",
     )
@@ -460,7 +460,7 @@ async def test_cron_schedule_fires_each_tick_once_across_two_schedulers(
     assert entry["next_tick_ms"] % 2000 == 0
 
     async def cron_jobs() -> dict[int, str]:
-        ids = await redis.zrange(keys.jobs, 0, -1)
+        ids = await client._reader.job_ids(1000, newest_first=False)
         return {t: j for j in ids if (t := _tick_of(j, name)) is not None}
 
     async def four_ticks_done() -> bool:  # ~7 s of ticks
@@ -530,7 +530,7 @@ async def test_cancelled_delayed_job_never_starts(services, client, jobs, redis,
     (delay,) = events(view.history, "delay")
     start_at = delay.ts + int(re.fullmatch(r"starts in (\d+) ms", delay.detail).group(1))
     assert view.finished_at < start_at
-    assert await redis.zscore(keys.timers, f"{job_id}|0") is None
+    assert await redis.zscore(keys.timers(keys.bucket_of(job_id)), f"{job_id}|0") is None
     # Past its start time nothing happened to it.
     await asyncio.sleep(max(0.0, (start_at - now_ms()) / 1000) + 0.5)
     view = await view_of(client, job_id)

@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from redis_cluster_support import RedisTarget
 
 from sasfleet.shared.clock import ManualClock
 from sasfleet.shared.messages.events import ErrorInfo
-from sasfleet.shared.state.connection import connect_redis
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.records import (
     Announce,
@@ -40,7 +40,6 @@ from sasfleet.shared.statemachine import JOB_TERMINAL, JobStatus
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 DISPATCH_MS, LEASE_MS, TIMEOUT_MS, ANNOUNCE_MS, TTL_S = 5_000, 2_000, 60_000, 30_000, 600
 BOOM = ErrorInfo(type="RuntimeError", message="boom", retryable=True)
 DECLINED = ErrorInfo(type="PaymentDeclined", message="card declined", retryable=False)
@@ -176,8 +175,8 @@ class Saga:
 
 
 @pytest.fixture
-async def saga() -> AsyncIterator[Saga]:
-    redis = connect_redis(REDIS_URL)
+async def saga(redis_target: RedisTarget) -> AsyncIterator[Saga]:
+    redis = redis_target.connect()
     await redis.ping()  # fail, never skip, when Redis is missing
     prefix, clock = f"t-{uuid4().hex[:8]}", ManualClock()
     try:
@@ -266,7 +265,9 @@ async def test_a_compensation_retries_like_any_step(saga: Saga) -> None:
     assert isinstance(done, Finished) and done.status == "compensated"
 
 
-async def test_a_compensation_that_cannot_finish_escalates_the_job_once(saga: Saga) -> None:
+async def test_a_compensation_that_cannot_finish_escalates_the_job_once(
+    saga: Saga, redis_target: RedisTarget
+) -> None:
     await saga.create(saga_steps("undo0", ""))
     await saga.run(0)
     await saga.run(1, error=DECLINED)
@@ -276,10 +277,10 @@ async def test_a_compensation_that_cannot_finish_escalates_the_job_once(saga: Sa
     assert json.loads(done.error)["type"] == "RefundRejected"  # what could not be undone
     view = await saga.view()
     assert view.status == "escalated" and view.history[-1].status == "escalated"
-    escalations = saga.store.keys.escalations
+    escalations = saga.store.keys.escalations(saga.store.keys.bucket_of("j1"))
     assert await saga.redis.zscore(escalations, "j1") is not None
 
-    other_redis = connect_redis(REDIS_URL)
+    other_redis = redis_target.connect()
     try:
         other = saga.other_store(other_redis)
         claims = await asyncio.gather(
@@ -316,8 +317,14 @@ async def test_a_failure_with_a_delay_and_attempts_left_waits_for_its_timer(saga
     assert due == saga.clock.now_ms() + 2_500
     s = await saga.step(0)
     assert (s["status"], s["attempt"]) == ("waiting_retry", "1")
-    assert await saga.redis.zscore(saga.store.keys.timers, "j1|0") == due
-    assert await saga.redis.zscore(saga.store.keys.deadlines, "j1|0") is None
+    assert (
+        await saga.redis.zscore(saga.store.keys.timers(saga.store.keys.bucket_of("j1")), "j1|0")
+        == due
+    )
+    assert (
+        await saga.redis.zscore(saga.store.keys.deadlines(saga.store.keys.bucket_of("j1")), "j1|0")
+        is None
+    )
     saga.clock.advance(2_499)
     assert await saga.fire(0) is None  # not due: nothing happens
     assert (await saga.step(0))["status"] == "waiting_retry"
@@ -335,11 +342,11 @@ async def test_a_failure_with_a_delay_and_attempts_left_waits_for_its_timer(saga
     assert await saga.claim(0, order.lease) is True
 
 
-async def test_two_schedulers_fire_one_timer_once(saga: Saga) -> None:
+async def test_two_schedulers_fire_one_timer_once(saga: Saga, redis_target: RedisTarget) -> None:
     await saga.create([step(0)])
     await saga.run(0, error=BOOM, retry_delay_ms=1_000)
     saga.clock.advance(1_000)
-    other_redis = connect_redis(REDIS_URL)
+    other_redis = redis_target.connect()
     try:
         other = saga.other_store(other_redis)
         fired = await asyncio.gather(saga.fire(0), saga.fire(0, store=other))
@@ -384,7 +391,10 @@ async def test_a_retry_that_would_start_after_schedule_to_close_is_not_made(saga
     saga.clock.advance(5_000)
     done = await saga.run(0, error=BOOM, retry_delay_ms=5_000)  # due exactly at close_by
     assert isinstance(done, Finished) and done.status == "failed"
-    assert await saga.redis.zscore(saga.store.keys.timers, "j1|0") is None
+    assert (
+        await saga.redis.zscore(saga.store.keys.timers(saga.store.keys.bucket_of("j1")), "j1|0")
+        is None
+    )
     assert not of((await saga.view()).history, "retry_later")
 
 
@@ -475,8 +485,14 @@ async def test_a_delayed_job_stays_pending_until_its_timer_starts_it(saga: Saga)
     assert created == CreateResult(True, "pending", "pending", None, start_at)
     assert await saga.job_status() == "pending"
     assert (await saga.step(0))["status"] == "pending"
-    assert await saga.redis.zscore(saga.store.keys.timers, "j1|0") == start_at
-    assert await saga.redis.zscore(saga.store.keys.deadlines, "j1|0") is None
+    assert (
+        await saga.redis.zscore(saga.store.keys.timers(saga.store.keys.bucket_of("j1")), "j1|0")
+        == start_at
+    )
+    assert (
+        await saga.redis.zscore(saga.store.keys.deadlines(saga.store.keys.bucket_of("j1")), "j1|0")
+        is None
+    )
     again = await saga.create(saga_steps("", ""), start_at_ms=start_at)
     assert (again.created, again.job_status, again.step_status) == (False, "pending", "pending")
     saga.clock.advance(9_999)
@@ -488,9 +504,9 @@ async def test_a_delayed_job_stays_pending_until_its_timer_starts_it(saga: Saga)
     assert isinstance(order, DispatchOrder)
     assert (order.step, order.attempt, order.lease, order.task) == (0, 1, 1, "task0")
     assert await saga.job_status() == "running"
-    assert await saga.redis.zscore(saga.store.keys.deadlines, "j1|0") == (
-        saga.clock.now_ms() + DISPATCH_MS
-    )
+    assert await saga.redis.zscore(
+        saga.store.keys.deadlines(saga.store.keys.bucket_of("j1")), "j1|0"
+    ) == (saga.clock.now_ms() + DISPATCH_MS)
     assert [h.event for h in (await saga.view()).history] == [
         "submit",
         "delay",
@@ -559,7 +575,10 @@ async def test_cancelling_a_step_waiting_to_retry_removes_its_timer(saga: Saga) 
     await saga.create([step(0)])
     await saga.run(0, error=BOOM, retry_delay_ms=1_000)
     assert await saga.cancel() == Announce(step=0, attempt=1, lease=1)
-    assert await saga.redis.zscore(saga.store.keys.timers, "j1|0") is None
+    assert (
+        await saga.redis.zscore(saga.store.keys.timers(saga.store.keys.bucket_of("j1")), "j1|0")
+        is None
+    )
     saga.clock.advance(1_000)
     assert await saga.fire(0) is None
     done = await saga.advance(0, 1)
@@ -570,7 +589,10 @@ async def test_cancelling_a_delayed_job_before_it_starts(saga: Saga) -> None:
     await saga.create([step(0)], start_at_ms=saga.clock.now_ms() + 5_000)
     announce = await saga.cancel()
     assert announce == Announce(step=0, attempt=0, lease=0)
-    assert await saga.redis.zscore(saga.store.keys.timers, "j1|0") is None
+    assert (
+        await saga.redis.zscore(saga.store.keys.timers(saga.store.keys.bucket_of("j1")), "j1|0")
+        is None
+    )
     done = await saga.advance(0, 0)
     assert isinstance(done, Finished) and done.status == "cancelled"
     saga.clock.advance(5_000)
@@ -652,7 +674,12 @@ async def test_a_job_cancelled_before_it_is_recorded_is_created_cancelled(saga: 
     assert [h.event for h in view.history] == ["submit", "cancelled"]
     assert view.history[-1].by == "client-1"
     assert await saga.redis.exists(saga.store.keys.cancel_marker("early")) == 0
-    assert await saga.redis.zscore(saga.store.keys.deadlines, "early|0") is None
+    assert (
+        await saga.redis.zscore(
+            saga.store.keys.deadlines(saga.store.keys.bucket_of("early")), "early|0"
+        )
+        is None
+    )
     assert await saga.claim(0, 0, job_id="early") is False
     again = await saga.create(saga_steps("undo0"), job_id="early")
     assert (again.created, again.job_status) == (False, "cancelled")
@@ -809,7 +836,7 @@ async def _drive_to_the_end(saga: Saga, job_id: str, ended: str | None, outcomes
         elif s["status"] in ("succeeded", "failed"):  # the scheduler takes up the outcome
             await saga.advance(index, lease, job_id)
         else:  # pending or waiting_retry: the scheduler fires its timer when due
-            due = await saga.redis.zscore(keys.timers, member)
+            due = await saga.redis.zscore(keys.timers(keys.bucket_of(job_id)), member)
             assert due is not None, f"{s['status']} step {index} has no timer: it is lost"
             saga.clock.advance(max(0, int(due) - saga.clock.now_ms()))
             await saga.fire(index, job_id)

@@ -11,10 +11,10 @@ from uuid import uuid4
 
 import pytest
 import redis.asyncio as aioredis
+from redis_cluster_support import RedisTarget
 
 from sasfleet.shared.clock import ManualClock
 from sasfleet.shared.messages.events import ErrorInfo
-from sasfleet.shared.state.connection import connect_redis
 from sasfleet.shared.state.keys import deadline_member
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.records import (
@@ -30,7 +30,6 @@ from sasfleet.shared.statemachine import STEP_MOVES, Move, StepStatus
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 DISPATCH_MS, LEASE_MS, ANNOUNCE_MS, TTL_S = 5_000, 2_000, 30_000, 600
 BOOM = ErrorInfo(type="RuntimeError", message="boom", retryable=True)
 
@@ -114,8 +113,8 @@ class Fleet:
 
 
 @pytest.fixture
-async def fleet() -> AsyncIterator[Fleet]:
-    redis = connect_redis(REDIS_URL)
+async def fleet(redis_target: RedisTarget) -> AsyncIterator[Fleet]:
+    redis = redis_target.connect()
     await redis.ping()  # fail, never skip, when Redis is missing
     prefix, clock = f"t-{uuid4().hex[:8]}", ManualClock()
     try:
@@ -140,15 +139,15 @@ async def test_create_job_dispatches_step_zero_and_a_duplicate_creates_nothing(
     again = await fleet.store.create_job(other, "scheduler-2")
     assert (again.created, again.job_status, again.step_status) == (False, "running", "dispatched")
     assert again.order == first.order
-    assert await fleet.redis.zcard(fleet.store.keys.jobs) == 1
+    assert await fleet.redis.zcard(fleet.store.keys.jobs(fleet.store.keys.bucket_of("j1"))) == 1
     view = await fleet.reader.job("j1")
     assert view is not None and [s.task for s in view.steps] == ["echo"]
     assert view.idempotency_key == "k1" and view.submitted_by == "scheduler-1"
     assert [h.event for h in view.history] == ["submit", "start", "dispatch"]
     # The step's own schedule-to-start timeout sets its dispatch deadline.
-    assert await fleet.redis.zscore(fleet.store.keys.deadlines, deadline_member("j1", 0)) == (
-        fleet.clock.now_ms() + DISPATCH_MS
-    )
+    assert await fleet.redis.zscore(
+        fleet.store.keys.deadlines(fleet.store.keys.bucket_of("j1")), deadline_member("j1", 0)
+    ) == (fleet.clock.now_ms() + DISPATCH_MS)
 
 
 async def test_claim_needs_the_current_lease_and_a_rejection_is_in_the_history(
@@ -160,9 +159,9 @@ async def test_claim_needs_the_current_lease_and_a_rejection_is_in_the_history(
     assert await fleet.claim(1) is True
     step = await fleet.step()
     assert (step["status"], step["locked_by"]) == ("running", "agent-a")
-    assert await fleet.redis.zscore(fleet.store.keys.deadlines, "j1|0") == (
-        fleet.clock.now_ms() + LEASE_MS
-    )
+    assert await fleet.redis.zscore(
+        fleet.store.keys.deadlines(fleet.store.keys.bucket_of("j1")), "j1|0"
+    ) == (fleet.clock.now_ms() + LEASE_MS)
     view = await fleet.reader.job("j1")
     assert view is not None
     rejected, claimed = map(who_what, view.history[-2:])
@@ -188,7 +187,12 @@ async def test_recorded_success_then_advance_finishes_the_job_with_its_result(
     assert (done.status, done.result, done.error) == ("succeeded", '{"ok":true}', "")
     view = await fleet.reader.job("j1")
     assert view is not None and (view.status, view.result) == ("succeeded", {"ok": True})
-    assert await fleet.redis.zscore(fleet.store.keys.deadlines, "j1|0") is None
+    assert (
+        await fleet.redis.zscore(
+            fleet.store.keys.deadlines(fleet.store.keys.bucket_of("j1")), "j1|0"
+        )
+        is None
+    )
     assert 0 < await fleet.redis.ttl(fleet.store.keys.job("j1")) <= TTL_S
     assert await fleet.advance(0, 1) == done  # a duplicate announcement changes nothing
 
@@ -244,8 +248,16 @@ async def test_a_retryable_failure_waits_for_its_backoff_then_the_timer_retries_
     assert (await fleet.step())["status"] == "waiting_retry"
     assert await fleet.redis.hget(fleet.store.keys.job("j1"), "status") == "running"
     # The backoff is a timer for the scheduler, not a deadline for the supervisor.
-    assert await fleet.redis.zscore(fleet.store.keys.timers, "j1|0") == due
-    assert await fleet.redis.zscore(fleet.store.keys.deadlines, "j1|0") is None
+    assert (
+        await fleet.redis.zscore(fleet.store.keys.timers(fleet.store.keys.bucket_of("j1")), "j1|0")
+        == due
+    )
+    assert (
+        await fleet.redis.zscore(
+            fleet.store.keys.deadlines(fleet.store.keys.bucket_of("j1")), "j1|0"
+        )
+        is None
+    )
     fleet.clock.advance(1_499)
     assert await fleet.fire() is None
     assert await fleet.recover() is None
@@ -254,10 +266,13 @@ async def test_a_retryable_failure_waits_for_its_backoff_then_the_timer_retries_
     order = await fleet.fire()
     assert isinstance(order, DispatchOrder) and (order.attempt, order.lease) == (2, 2)
     assert (await fleet.events())[-2:] == ["retry_later", "retry"]
-    assert await fleet.redis.zscore(fleet.store.keys.timers, "j1|0") is None
-    assert await fleet.redis.zscore(fleet.store.keys.deadlines, "j1|0") == (
-        fleet.clock.now_ms() + DISPATCH_MS
+    assert (
+        await fleet.redis.zscore(fleet.store.keys.timers(fleet.store.keys.bucket_of("j1")), "j1|0")
+        is None
     )
+    assert await fleet.redis.zscore(
+        fleet.store.keys.deadlines(fleet.store.keys.bucket_of("j1")), "j1|0"
+    ) == (fleet.clock.now_ms() + DISPATCH_MS)
 
 
 async def test_recover_waits_for_the_deadline_then_redispatches_with_a_new_lease(
@@ -276,10 +291,12 @@ async def test_recover_waits_for_the_deadline_then_redispatches_with_a_new_lease
     assert await fleet.claim(1) is False
 
 
-async def test_two_supervisors_recover_one_overdue_step_exactly_once(fleet: Fleet) -> None:
+async def test_two_supervisors_recover_one_overdue_step_exactly_once(
+    fleet: Fleet, redis_target: RedisTarget
+) -> None:
     await fleet.create()
     fleet.clock.advance(DISPATCH_MS)
-    other_redis = connect_redis(REDIS_URL)
+    other_redis = redis_target.connect()
     try:
         other = StateStore(other_redis, fleet.prefix, fleet.clock)
         results = await asyncio.gather(fleet.recover(), fleet.recover(other))
@@ -361,7 +378,10 @@ async def test_step_scripts_accept_exactly_the_moves_of_the_table(
         reply = await fleet.record(1, error=BOOM)
     elif move is Move.RETRY:
         # A due retry timer (test setup); the scheduler fires it.
-        await fleet.redis.zadd(fleet.store.keys.timers, {"j1|0": fleet.clock.now_ms()})
+        await fleet.redis.zadd(
+            fleet.store.keys.timers(fleet.store.keys.bucket_of("j1")),
+            {"j1|0": fleet.clock.now_ms()},
+        )
         reply = await fleet.fire()
     elif move is Move.CANCEL:
         reply = await fleet.cancel()

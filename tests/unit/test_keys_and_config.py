@@ -43,24 +43,46 @@ def per_job_keys(keys: Keys, job_id: str) -> list[str]:
 
 
 def test_key_formats() -> None:
-    assert K.job(JOB) == "fleet1:{job-42}:job"
-    assert K.step(JOB, 3) == "fleet1:{job-42}:step:3"
+    b = K.bucket_of(JOB)
+    assert K.job(JOB) == f"fleet1:{{b{b}}}:job:job-42"
+    assert K.step(JOB, 3) == f"fleet1:{{b{b}}}:step:job-42:3"
     assert K.step_prefix(JOB) + "3" == K.step(JOB, 3)
-    assert K.history(JOB) == "fleet1:{job-42}:history"
+    assert K.history(JOB) == f"fleet1:{{b{b}}}:history:job-42"
+    assert K.deadlines(b) == f"fleet1:{{b{b}}}:deadlines"
+    assert K.agent_steps("a-1", b) == f"fleet1:{{b{b}}}:agent-steps:a-1"
+    before, after = K.step_key_format(b)
+    assert before + JOB + after + "3" == K.step(JOB, 3)
     assert K.idempotency("order-7") == "fleet1:idem:order-7"
-    assert (K.deadlines, K.jobs, K.agents) == ("fleet1:deadlines", "fleet1:jobs", "fleet1:agents")
-    assert K.agent("a-1") == "fleet1:agent:a-1"
+    assert (K.agents, K.agent("a-1")) == ("fleet1:{agents}:agents", "fleet1:{agents}:agent:a-1")
+    assert (K.schedules, K.cron) == ("fleet1:{cron}:schedules", "fleet1:{cron}:cron")
     assert K.pattern() == "fleet1:*"
 
 
-@given(job_ids)
-def test_every_per_job_key_carries_the_job_hash_tag_and_one_cluster_slot(job_id: str) -> None:
-    keys = per_job_keys(K, job_id)
-    for key in keys:
-        assert key.startswith("fleet1:{" + job_id + "}:")
-        # Redis Cluster hashes the text between the first "{" and the next "}".
-        assert key[key.index("{") + 1 : key.index("}")] == job_id
-    assert {key_slot(k.encode()) for k in keys} == {key_slot(job_id.encode())}
+def test_jobs_spread_over_every_bucket() -> None:
+    seen = {K.bucket_of(f"job-{i}") for i in range(2000)}
+    assert seen == set(K.buckets)
+
+
+@given(job_ids, st.text(alphabet=JOB_ID_CHARS, min_size=1, max_size=20))
+def test_every_key_a_job_script_touches_is_in_one_cluster_slot(job_id: str, agent: str) -> None:
+    """Redis Cluster runs a script only when all its keys hash to one slot: a job's own
+    keys and its bucket's indexes share the hash tag ``{b<N>}``."""
+    b = K.bucket_of(job_id)
+    keys = [
+        *per_job_keys(K, job_id),
+        K.cancel_marker(job_id),
+        K.deadlines(b),
+        K.timers(b),
+        K.jobs(b),
+        K.escalations(b),
+        K.agent_steps(agent, b),
+    ]
+    assert {key_slot(k.encode()) for k in keys} == {key_slot(f"b{b}".encode())}
+
+
+def test_fleet_wide_keys_used_together_share_a_slot() -> None:
+    assert key_slot(K.agents.encode()) == key_slot(K.agent("x").encode())
+    assert key_slot(K.schedules.encode()) == key_slot(K.cron.encode())
 
 
 def test_every_key_lives_under_the_fleet_prefix_so_fleets_do_not_collide() -> None:
@@ -69,10 +91,11 @@ def test_every_key_lives_under_the_fleet_prefix_so_fleets_do_not_collide() -> No
         names = [
             *per_job_keys(keys, JOB),
             keys.idempotency("k"),
-            keys.deadlines,
-            keys.jobs,
+            keys.deadlines(0),
+            keys.jobs(0),
             keys.agents,
             keys.agent("x"),
+            keys.schedules,
         ]
         assert all(n.startswith(keys.prefix + ":") for n in names)
     assert not a.job(JOB).startswith(b.prefix + ":")

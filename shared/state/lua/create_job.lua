@@ -34,6 +34,8 @@ for i = 0, n - 1 do
   end
 end
 redis.call('ZADD', KEYS[3], now, job_id)
+-- The index lists jobs whose records may still exist; older entries only point at expired keys.
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 1000 * tonumber(ARGV[10]))
 history(hist, now, by, 'submit', nil, nil, nil, nil, 'pending', nil)
 local cancelled_by = redis.call('GET', KEYS[7])
 if cancelled_by then
