@@ -23,6 +23,7 @@ from sasfleet.shared.errors import NonRetryableError, PublishFailed, RetryAfter
 from sasfleet.shared.messages.codec import DECODE_ERRORS, dispatch_decoder, encode
 from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo
+from sasfleet.shared.state.records import Finished
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.statemachine import RetryPolicy
 from sasfleet.shared.telemetry import metrics, tracing
@@ -346,8 +347,9 @@ class Runner:
             error=error,
             retry_delay_ms=retry_delay,
             announce_after_ms=int(self.settings.advance_grace_s * 1000),
+            finish_ttl_s=self.settings.job_ttl_s,
         )
-        if not recorded:
+        if recorded is False:
             log.warning(
                 "result of %s step %d attempt %d rejected: lease %d was taken over",
                 d.job_id,
@@ -361,6 +363,14 @@ class Runner:
             return
         span.set({tracing.OUTCOME: "failed" if error is not None else "succeeded"})
         self.completed += 1
+        if isinstance(recorded, Finished):  # the job's last step: no scheduler round trip
+            metrics.JOBS_FINISHED.labels(recorded.status).inc()
+            span.event("job finished", {tracing.JOB_STATUS: recorded.status})
+            # The reply only saves the submitter a poll: the outcome is in Redis already.
+            await self.fleet.reply(
+                recorded.reply_to, recorded.correlation_id, recorded.message(d.job_id)
+            )
+            return
         try:
             await self.fleet.announce(d.job_id, d.step, d.attempt, d.lease)
         except PublishFailed:

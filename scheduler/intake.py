@@ -6,7 +6,6 @@ import dataclasses
 import logging
 from typing import Any
 
-from sasfleet.scheduler.progress import job_finished
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import TRACEPARENT, FleetChannel
 from sasfleet.shared.config import Settings
@@ -136,7 +135,7 @@ class Intake:
             finished = await self.store.finished(job_id)
             if finished is not None:
                 await self.fleet.reply(
-                    message.reply_to, message.correlation_id or "", job_finished(job_id, finished)
+                    message.reply_to, message.correlation_id or "", finished.message(job_id)
                 )
 
     async def _reject(

@@ -8,8 +8,7 @@ from collections import OrderedDict
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
-from sasfleet.shared.messages.codec import DECODE_ERRORS, any_decoder, error_decoder, event_decoder
-from sasfleet.shared.messages.events import JobFinished
+from sasfleet.shared.messages.codec import DECODE_ERRORS, event_decoder
 from sasfleet.shared.state.records import DispatchOrder, Finished
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.statemachine import JobStatus
@@ -22,16 +21,6 @@ log = logging.getLogger(__name__)
 # or the supervisor's re-announce racing the agent's) returns the same outcome again, and
 # must not be counted twice by this scheduler.
 _REMEMBER = 20_000
-
-
-def job_finished(job_id: str, finished: Finished) -> JobFinished:
-    """The reply message for a job that ended."""
-    return JobFinished(
-        job_id=job_id,
-        status=finished.status,
-        result=any_decoder.decode(finished.result) if finished.result else None,
-        error=error_decoder.decode(finished.error) if finished.error else None,
-    )
 
 
 class Progress:
@@ -92,7 +81,7 @@ class Progress:
                     extra={"job_id": job_id},
                 )
             await self.fleet.reply(
-                outcome.reply_to, outcome.correlation_id, job_finished(job_id, outcome)
+                outcome.reply_to, outcome.correlation_id, outcome.message(job_id)
             )
         elif outcome is None:
             log.debug(

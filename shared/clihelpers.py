@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from sasfleet.shared.config import Settings, load_settings
 from sasfleet.shared.ids import instance_id
-from sasfleet.shared.runtime import stop_on_signals
+from sasfleet.shared.runtime import run, stop_on_signals
 from sasfleet.shared.telemetry.logs import setup_logging
 from sasfleet.shared.telemetry.tracing import setup_tracing, shutdown_tracing
 
@@ -97,7 +97,7 @@ def service_main(
                 raise
 
     try:
-        asyncio.run(runner())
+        run(runner())
     finally:
         shutdown_tracing()  # flush the spans still batched
     logging.getLogger(__name__).info("%s %s stopped", service, instance)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sasfleet.shared.messages.codec import encode
+from sasfleet.shared.messages.codec import any_decoder, encode, error_decoder
+from sasfleet.shared.messages.events import JobFinished
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,15 @@ class Finished:
     correlation_id: str
     result: str  # JSON or ""
     error: str  # JSON or ""
+
+    def message(self, job_id: str) -> JobFinished:
+        """The reply a submitter gets for this job."""
+        return JobFinished(
+            job_id=job_id,
+            status=self.status,
+            result=any_decoder.decode(self.result) if self.result else None,
+            error=error_decoder.decode(self.error) if self.error else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

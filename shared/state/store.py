@@ -203,12 +203,15 @@ class StateStore:
         error: ErrorInfo | None = None,
         retry_delay_ms: int | None,
         announce_after_ms: int,
-    ) -> bool:
+        finish_ttl_s: int | None = None,
+    ) -> bool | Finished:
         """Record an attempt's outcome (error given: FAILED, else SUCCEEDED), with the delay
         before the next attempt (None: no further attempt).
 
         Returns False when the lease is no longer current: the result is rejected as stale
-        and the rejection is written to the job's history.
+        and the rejection is written to the job's history. With ``finish_ttl_s``, a success
+        of the job's last forward step also ends the job (kept ``finish_ttl_s``) and returns
+        its :class:`Finished` state; otherwise True: announce the outcome to a scheduler.
         """
         succeeded = error is None
         status = StepStatus.SUCCEEDED if succeeded else StepStatus.FAILED
@@ -228,8 +231,12 @@ class StateStore:
                 _SUCCEED_FROM if succeeded else _FAIL_FROM,
                 step,
                 -1 if retry_delay_ms is None else retry_delay_ms,
+                "" if finish_ttl_s is None else finish_ttl_s,
+                self.keys.step_prefix(job_id),
             ],
         )
+        if reply[0] == "finished":
+            return Finished(*reply[1:6])
         return bool(reply[0] == "ok")
 
     async def advance(

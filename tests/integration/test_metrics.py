@@ -142,8 +142,10 @@ async def test_counters_match_a_known_workload_exactly(
     # Scheduler: jobs by outcome, retries, compensations, dead letters, deliveries.
     assert value(sched, "sasfleet_jobs_submitted_total") == 7
     assert value(sched, "sasfleet_jobs_rejected_total") == 1
+    # A job whose last step succeeds is finished by the agent that records it; every
+    # other end by a scheduler.
+    assert series(agent, "sasfleet_jobs_finished_total") == {(("status", "succeeded"),): 4}
     assert series(sched, "sasfleet_jobs_finished_total") == {
-        (("status", "succeeded"),): 4,
         (("status", "compensated"),): 1,
         (("status", "failed"),): 2,
     }
@@ -155,12 +157,13 @@ async def test_counters_match_a_known_workload_exactly(
     assert series(sched, "sasfleet_dead_letters_total") == {
         (("queue", f"{prefix}.submit"), ("reason", "invalid")): 1
     }
-    # 7 accepted submissions; 12 recorded outcomes announced (4 echoes, the order's 6
-    # attempts, the failure and the unknown task), each taken up once.
+    # 7 accepted submissions; 8 recorded outcomes announced (the order's 6 attempts, the
+    # failure and the unknown task; the 4 echoes ended their jobs at once), each taken up
+    # once.
     assert series(sched, "sasfleet_deliveries_total") == {
         (("outcome", "ack"), ("queue", f"{prefix}.submit")): 7,
         (("outcome", "dead_letter"), ("queue", f"{prefix}.submit")): 1,
-        (("outcome", "ack"), ("queue", f"{prefix}.events")): 12,
+        (("outcome", "ack"), ("queue", f"{prefix}.events")): 8,
     }
     for queue in (f"{prefix}.submit", f"{prefix}.events", pool):
         assert value(sched, "sasfleet_queue_messages", queue=queue) == 0, queue

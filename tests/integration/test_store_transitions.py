@@ -197,6 +197,47 @@ async def test_recorded_success_then_advance_finishes_the_job_with_its_result(
     assert await fleet.advance(0, 1) == done  # a duplicate announcement changes nothing
 
 
+async def test_the_agent_ends_a_job_when_it_records_the_last_steps_success(
+    fleet: Fleet,
+) -> None:
+    await fleet.create(steps=2)
+    assert await fleet.claim(1)
+    # Not the last step: recorded, to be announced to a scheduler as usual.
+    assert await fleet.record(1, result=b"0", finish_ttl_s=TTL_S) is True
+    order = await fleet.advance(0, 1)
+    assert isinstance(order, DispatchOrder) and order.step == 1
+    assert await fleet.claim(order.lease, "agent-b", step=1)
+    done = await fleet.record(order.lease, "agent-b", step=1, result=b'"ok"', finish_ttl_s=TTL_S)
+    assert done == Finished("succeeded", "", "", '"ok"', "")
+    view = await fleet.reader.job("j1")
+    assert view is not None and (view.status, view.result) == ("succeeded", "ok")
+    assert [who_what(h)[:2] for h in view.history[-2:]] == [
+        ("succeed", "agent-b"),  # the step's success...
+        ("succeed", "agent-b"),  # ...and the job's, in the same script
+    ]
+    bucket = fleet.store.keys.bucket_of("j1")
+    assert await fleet.redis.zscore(fleet.store.keys.deadlines(bucket), "j1|1") is None
+    assert 0 < await fleet.redis.ttl(fleet.store.keys.step("j1", 1)) <= TTL_S
+    assert await fleet.advance(1, order.lease) == done  # a late announcement changes nothing
+
+
+async def test_a_cancelled_or_failing_last_step_is_left_to_the_scheduler(fleet: Fleet) -> None:
+    await fleet.create()
+    assert await fleet.claim(1)
+    assert await fleet.record(1, error=BOOM, retry_delay_ms=100, finish_ttl_s=TTL_S) is True
+    assert (await fleet.reader.job("j1")).status == "running"  # type: ignore[union-attr]
+    await fleet.create("j2")
+    assert await fleet.store.claim("j2", 0, 1, "agent-a", LEASE_MS, 3)
+    await fleet.store.cancel("j2", "client-1", announce_after_ms=ANNOUNCE_MS, ttl_s=TTL_S)
+    recorded = await fleet.store.record(
+        "j2", 0, 1, "agent-a", result=b"1", retry_delay_ms=None,
+        announce_after_ms=ANNOUNCE_MS, finish_ttl_s=TTL_S,
+    )  # fmt: skip
+    assert recorded is True  # the scheduler decides what a cancelled job does next
+    done = await fleet.store.advance("j2", 0, 1, "scheduler-1", ttl_s=TTL_S)
+    assert isinstance(done, Finished) and done.status == "cancelled"
+
+
 async def test_three_step_job_advances_one_step_at_a_time(fleet: Fleet) -> None:
     await fleet.create(steps=3)
     lease, outcome = 1, None

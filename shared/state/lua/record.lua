@@ -5,8 +5,12 @@
 -- KEYS[1] job  KEYS[2] step  KEYS[3] history  KEYS[4] deadlines  KEYS[5] the agent's steps
 -- ARGV[1] deadline member  [2] lease  [3] agent  [4] now  [5] new status  [6] result (JSON or "")
 --     [7] error (JSON or "")  [8] announce deadline (ms)  [9] allowed from (csv)  [10] step index
---     [11] retry delay (ms; -1: no further attempt)
--- Returns {"ok"} or {"stale", step status, current lease}.
+--     [11] retry delay (ms; -1: no further attempt)  [12] ttl_s of a job this step ends,
+--     "" for none: the agent finishes a job whose last forward step succeeded right here,
+--     sparing the scheduler round trip; every other outcome is announced and advanced by a
+--     scheduler as usual  [13] step key prefix (with [12])
+-- Returns {"ok"}, {"finished", "succeeded", reply_to, correlation_id, result, ""}
+--      or {"stale", step status, current lease}.
 local now = tonumber(ARGV[4])
 local step = tonumber(ARGV[10])
 redis.call('SREM', KEYS[5], ARGV[1])  -- accepted or stale, this agent is done with it
@@ -25,8 +29,22 @@ if ARGV[7] ~= '' then
   local e = cjson.decode(ARGV[7])
   detail = e.type .. ': ' .. e.message
 end
-redis.call('HSET', KEYS[1], 'updated_at', now)
-redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])
 history(KEYS[3], now, ARGV[3], ARGV[5] == 'succeeded' and 'succeed' or 'fail', step,
   tonumber(s[3]), tonumber(s[2]), s[1], ARGV[5], detail)
+if ARGV[12] ~= '' and ARGV[5] == 'succeeded' then
+  local j = redis.call('HMGET', KEYS[1], 'status', 'current', 'nsteps', 'cancel_requested',
+    'reply_to', 'correlation_id')
+  local nsteps = tonumber(j[3])
+  if j[1] == 'running' and tonumber(j[2]) == step and step + 1 == nsteps and j[4] ~= '1' then
+    local result = ARGV[6]
+    redis.call('HSET', KEYS[1], 'status', 'succeeded', 'updated_at', now, 'finished_at', now,
+      'result', result)
+    redis.call('ZREM', KEYS[4], ARGV[1])
+    history(KEYS[3], now, ARGV[3], 'succeed', nil, nil, nil, 'running', 'succeeded', nil)
+    expire_job(KEYS[1], KEYS[3], ARGV[13], nsteps, ARGV[12])
+    return {'finished', 'succeeded', j[5], j[6], result, ''}
+  end
+end
+redis.call('HSET', KEYS[1], 'updated_at', now)
+redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])
 return {'ok'}
