@@ -51,6 +51,15 @@ schema: $(STAMP) ## Refresh the submit message's JSON Schema in the README
 bench: $(STAMP) services ## Benchmark: N one-step echo jobs through the real services
 	$(BIN)/sasfleet bench
 
+PEERS := $(VENV)/.peers
+
+$(PEERS): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,peers]' --config-settings editable_mode=strict
+	touch $(PEERS)
+
+bench-compare: $(PEERS) services ## SAS Fleet beside Celery, Dramatiq and taskiq on the same broker and Redis
+	$(BIN)/python -m bench.compare
+
 scale: $(STAMP) services ## Scale test: the same workload through 1, 2, 4 and 8 agent processes
 	$(BIN)/sasfleet scale
 
@@ -74,4 +83,4 @@ down: ## Stop and remove the containers of `make up` (the data volumes stay)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-.PHONY: help venv services demo test test-unit lint format schema bench scale chaos clean
+.PHONY: help venv services demo test test-unit lint format schema bench bench-compare scale chaos clean
