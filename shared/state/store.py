@@ -11,6 +11,7 @@ from typing import Any
 from sasfleet.shared.clock import Clock, SystemClock
 from sasfleet.shared.messages.codec import any_decoder, encode
 from sasfleet.shared.messages.events import ErrorInfo
+from sasfleet.shared.state.batching import BatchedScripts
 from sasfleet.shared.state.connection import RedisClient
 from sasfleet.shared.state.keys import Keys, deadline_member
 from sasfleet.shared.state.records import (
@@ -53,10 +54,10 @@ class StateStore:
         self.redis = redis
         self.keys = Keys(prefix)
         self.clock = clock or SystemClock()
-        self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self._scripts = BatchedScripts(redis, {n: script_source(n) for n in SCRIPT_NAMES})
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._scripts[name](keys=keys, args=args)
+        return await self._scripts.call(name, keys, args)
 
     def _step_keys(self, job_id: str, step: int) -> list[str]:
         k = self.keys
