@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -10,7 +11,14 @@ from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import TRACEPARENT, FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import is_valid_job_id, job_id_for_key, new_job_id
-from sasfleet.shared.messages.codec import DECODE_ERRORS, any_decoder, encode, submit_decoder
+from sasfleet.shared.messages.codec import (
+    DECODE_ERRORS,
+    any_decoder,
+    batch_decoder,
+    encode,
+    kind_decoder,
+    submit_decoder,
+)
 from sasfleet.shared.messages.events import ErrorInfo, JobFinished
 from sasfleet.shared.messages.submit import StepSpec, SubmitJob
 from sasfleet.shared.state.records import CreateResult, NewJob, NewStep
@@ -43,6 +51,12 @@ class Intake:
                 kind="too_large",
             )
         try:
+            kind = kind_decoder.decode(body).kind
+        except DECODE_ERRORS:
+            kind = "submit"  # decoding it as a submission says what is wrong with it
+        if kind == "submit_batch":
+            return await self._handle_batch(message)
+        try:
             submit = submit_decoder.decode(body)
             steps = submit.step_specs()
         except (*DECODE_ERRORS, ValueError) as exc:
@@ -65,8 +79,73 @@ class Intake:
                 traceparent=job_traceparent(message),
             )
             if created.order is None:  # a duplicate, a delayed start, or cancelled on arrival
-                await self._reply_if_finished(job_id, message)
+                await self._reply_if_finished(
+                    job_id, message.reply_to or "", message.correlation_id or ""
+                )
         return Ack()
+
+    async def _handle_batch(self, message: Delivery) -> Outcome:
+        try:
+            batch = batch_decoder.decode(message.body)
+        except DECODE_ERRORS as exc:
+            metrics.JOBS_REJECTED.inc()
+            return DeadLetter(f"invalid submission batch: {exc}")
+        ids = [self._batch_job_id(job, i, message) for i, job in enumerate(batch.jobs)]
+        if None in ids:
+            metrics.JOBS_REJECTED.inc()
+            return DeadLetter("message_id is not a valid job id prefix for a batch")
+        traceparent = job_traceparent(message)
+        # Every job is recorded and dispatched (or refused) before the batch is acked; a
+        # batch redelivered after a crash finds its jobs by id and creates none twice.
+        await asyncio.gather(
+            *(
+                self._accept_from_batch(job, job_id, message, traceparent)
+                for job, job_id in zip(batch.jobs, ids, strict=True)
+                if job_id is not None
+            )
+        )
+        return Ack()
+
+    def _batch_job_id(self, submit: SubmitJob, index: int, message: Delivery) -> str | None:
+        if submit.job_id:
+            return submit.job_id
+        if submit.idempotency_key:
+            return job_id_for_key(submit.idempotency_key)
+        if not message.message_id:
+            return new_job_id()
+        job_id = f"{message.message_id}.{index}"
+        return job_id if is_valid_job_id(job_id) else None
+
+    async def _accept_from_batch(
+        self, submit: SubmitJob, job_id: str, message: Delivery, traceparent: str
+    ) -> None:
+        """One job of a batch; replies (when asked) carry the job id as correlation id."""
+        reply_to = message.reply_to or ""
+        with job_scope(job_id):
+            try:
+                steps = submit.step_specs()
+            except ValueError as exc:
+                metrics.JOBS_REJECTED.inc()
+                error = ErrorInfo(
+                    type="InvalidSubmission", message=f"invalid submission: {exc}", retryable=False
+                )
+                log.warning("refused job %s of a batch: %s", job_id, exc, extra={"job_id": job_id})
+                await self._refuse(job_id, error, reply_to, job_id)
+                return
+            if submit.idempotency_key:
+                job_id = await self.store.reserve_idempotency_key(
+                    submit.idempotency_key, job_id, self.settings.job_ttl_s
+                )
+            created = await self.accept(
+                submit,
+                steps,
+                job_id,
+                reply_to=reply_to,
+                correlation_id=job_id,
+                traceparent=traceparent,
+            )
+            if created.order is None:
+                await self._reply_if_finished(job_id, reply_to, job_id)
 
     async def accept(
         self,
@@ -130,13 +209,11 @@ class Intake:
             return message.message_id
         return new_job_id()
 
-    async def _reply_if_finished(self, job_id: str, message: Delivery) -> None:
-        if message.reply_to:
+    async def _reply_if_finished(self, job_id: str, reply_to: str, correlation_id: str) -> None:
+        if reply_to:
             finished = await self.store.finished(job_id)
             if finished is not None:
-                await self.fleet.reply(
-                    message.reply_to, message.correlation_id or "", finished.message(job_id)
-                )
+                await self.fleet.reply(reply_to, correlation_id, finished.message(job_id))
 
     async def _reject(
         self, message: Delivery, reason: str, *, parse: bool = True, kind: str = "invalid"
@@ -147,25 +224,26 @@ class Intake:
         if job_id is not None:
             tracing.annotate(tracing.job_attributes(job_id))
         error = ErrorInfo(type="InvalidSubmission", message=reason, retryable=False)
+        await self._refuse(job_id, error, message.reply_to or "", message.correlation_id or "")
+        return DeadLetter(reason, kind)
+
+    async def _refuse(
+        self, job_id: str | None, error: ErrorInfo, reply_to: str, correlation_id: str
+    ) -> None:
+        """Record a refused job as FAILED (when it has an id) and tell its submitter."""
         if job_id is not None and not await self.store.fail_submission(
-            job_id,
-            error,
-            self.fleet.by,
-            message.reply_to or "",
-            message.correlation_id or "",
-            self.settings.job_ttl_s,
+            job_id, error, self.fleet.by, reply_to, correlation_id, self.settings.job_ttl_s
         ):
             # The id names an existing job, which this bad message does not change: answer
             # as for any repeated submission (its final state, once it has one).
-            await self._reply_if_finished(job_id, message)
-            return DeadLetter(reason, kind)
-        if message.reply_to:
+            await self._reply_if_finished(job_id, reply_to, correlation_id)
+            return
+        if reply_to:
             await self.fleet.reply(
-                message.reply_to,
-                message.correlation_id or "",
+                reply_to,
+                correlation_id,
                 JobFinished(job_id=job_id or "", status="failed", error=error),
             )
-        return DeadLetter(reason, kind)
 
 
 def job_traceparent(message: Delivery) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -31,7 +31,7 @@ from sasfleet.shared.messages.codec import (
     job_finished_decoder,
 )
 from sasfleet.shared.messages.events import ErrorInfo
-from sasfleet.shared.messages.submit import StepSpec, SubmitJob
+from sasfleet.shared.messages.submit import SCHEMA_VERSION, StepSpec, SubmitJob
 from sasfleet.shared.state.connection import redis_for
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.records import Announce
@@ -55,6 +55,43 @@ class JobOutcome:
     @property
     def succeeded(self) -> bool:
         return self.status == "succeeded"
+
+
+def _with_id(job: SubmitJob) -> SubmitJob:
+    """``job`` validated (fail fast, before it reaches the broker) and with its id set."""
+    job.step_specs()
+    if job.job_id is not None:
+        return job
+    job_id = job_id_for_key(job.idempotency_key) if job.idempotency_key else new_job_id()
+    return msgspec.structs.replace(job, job_id=job_id)
+
+
+_BATCH_HEAD = b'{"kind":"submit_batch","v":%d,"jobs":[' % SCHEMA_VERSION
+_BATCH_TAIL = b"]}"
+
+
+def _batch_body(jobs: list[bytes]) -> bytes:
+    """A ``submit_batch`` message from encoded jobs (each encoded once)."""
+    return _BATCH_HEAD + b",".join(jobs) + _BATCH_TAIL
+
+
+def _chunks(
+    bodies: list[bytes], ids: list[str], size: int, max_bytes: int
+) -> Iterator[tuple[list[bytes], list[str]]]:
+    """Groups of at most ``size`` jobs whose batch message stays within ``max_bytes``."""
+    room = max_bytes - len(_BATCH_HEAD) - len(_BATCH_TAIL)
+    chunk: list[bytes] = []
+    chunk_ids: list[str] = []
+    used = 0
+    for body, job_id in zip(bodies, ids, strict=True):
+        if chunk and (len(chunk) == size or used + len(body) + 1 > room):
+            yield chunk, chunk_ids
+            chunk, chunk_ids, used = [], [], 0
+        chunk.append(body)
+        chunk_ids.append(job_id)
+        used += len(body) + 1
+    if chunk:
+        yield chunk, chunk_ids
 
 
 class Client:
@@ -132,26 +169,45 @@ class Client:
 
     async def submit_job(self, job: SubmitJob) -> str:
         """Submit a prepared :class:`SubmitJob`; returns the job id."""
-        job.step_specs()  # fail fast on an invalid job, before it reaches the broker
-        job_id = job.job_id or (
-            job_id_for_key(job.idempotency_key) if job.idempotency_key else new_job_id()
+        job = _with_id(job)
+        assert job.job_id is not None
+        await self._publish(encode(job), job.job_id, [job.job_id])
+        return job.job_id
+
+    async def submit_many(self, jobs: Iterable[SubmitJob], *, batch_size: int = 100) -> list[str]:
+        """Submit many jobs; returns their ids, in order, once the broker confirmed all.
+
+        Up to ``batch_size`` jobs travel in one ``submit_batch`` message (one publish, one
+        confirm, one delivery for all), the batches' confirms in flight together;
+        ``batch_size=1`` sends each job as a message of its own. A batch never grows past
+        the fleet's message size limit; a job too large for it goes alone (and is refused
+        by the scheduler with the reason)."""
+        prepared = [_with_id(j) for j in jobs]
+        ids = [j.job_id for j in prepared if j.job_id is not None]
+        if batch_size <= 1:
+            await asyncio.gather(*(self.submit_job(j) for j in prepared))
+            return ids
+        bodies = [encode(j) for j in prepared]
+        await asyncio.gather(
+            *(
+                self._publish(_batch_body(chunk), f"batch-{new_job_id()}", chunk_ids)
+                for chunk, chunk_ids in _chunks(
+                    bodies, ids, batch_size, self.settings.max_payload_bytes
+                )
+            )
         )
-        if job.job_id is None:
-            job = msgspec.structs.replace(job, job_id=job_id)
+        return ids
+
+    async def _publish(self, body: bytes, message_id: str, job_ids: list[str]) -> None:
         assert self._fleet.publisher is not None and self._reply_to, "connect() first"
         await self._fleet.publisher.publish(
-            encode(job),
+            body,
             self._fleet.names.submit,
-            message_id=job_id,
-            correlation_id=job_id,
+            message_id=message_id,
+            correlation_id=message_id,
             reply_to=self._reply_to,
         )
-        self._replying.add(job_id)
-        return job_id
-
-    async def submit_many(self, jobs: Iterable[SubmitJob]) -> list[str]:
-        """Submit many jobs with their publisher confirms in flight together."""
-        return list(await asyncio.gather(*(self.submit_job(j) for j in jobs)))
+        self._replying.update(job_ids)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobOutcome:
         """Wait until the job ends; raises :class:`JobTimeout` after ``timeout`` seconds."""

@@ -6,10 +6,12 @@ import msgspec
 
 from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo, JobFinished, StepRecorded
-from sasfleet.shared.messages.submit import RetrySpec, SubmitJob
+from sasfleet.shared.messages.submit import MessageKind, RetrySpec, SubmitBatch, SubmitJob
 
 encoder = msgspec.json.Encoder()
 submit_decoder = msgspec.json.Decoder(SubmitJob)
+batch_decoder = msgspec.json.Decoder(SubmitBatch)
+kind_decoder = msgspec.json.Decoder(MessageKind)
 dispatch_decoder = msgspec.json.Decoder(StepDispatch)
 event_decoder = msgspec.json.Decoder(StepRecorded)
 job_finished_decoder = msgspec.json.Decoder(JobFinished)

@@ -8,12 +8,15 @@ from typing import Any
 import msgspec
 
 from sasfleet.shared.messages.events import JobFinished
-from sasfleet.shared.messages.submit import SubmitJob
+from sasfleet.shared.messages.submit import SubmitBatch, SubmitJob
 
 
 def submit_schema() -> dict[str, Any]:
-    """JSON Schema of a submit message and of the reply sent to its ``reply_to``."""
-    (submit, reply), components = msgspec.json.schema_components([SubmitJob, JobFinished])
+    """JSON Schema of a submit message, of a batch of them (``x-batch``) and of the reply
+    sent to its ``reply_to`` (``x-reply``)."""
+    (submit, reply, batch), components = msgspec.json.schema_components(
+        [SubmitJob, JobFinished, SubmitBatch]
+    )
     # msgspec marks a tag field required, but decoding one struct type accepts it missing.
     definition = components["SubmitJob"]
     definition["required"] = [f for f in definition.get("required", []) if f != "kind"]
@@ -25,6 +28,7 @@ def submit_schema() -> dict[str, Any]:
         **submit,
         "$defs": components,
         "x-reply": reply,
+        "x-batch": batch,
     }
 
 

@@ -84,7 +84,9 @@ HeartbeatTimeout = Annotated[
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=_WEEK)]
 
 
-class RetrySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RetrySpec(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """Backoff between attempts: ``initial_interval_s * backoff_coefficient**(n-1)``, capped
     at ``max_interval_s``, spread by ``jitter`` (0..1, a fraction of the delay). Errors whose
     type name is listed in ``non_retryable_errors`` end the step at once."""
@@ -96,7 +98,10 @@ class RetrySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     non_retryable_errors: Annotated[list[str], msgspec.Meta(max_length=50)] | None = None
 
 
-class StepOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+# omit_defaults: an encoded job carries only the fields it sets (a batch stays small).
+class StepOptions(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """How a step is run: pool, attempts, retry policy, timeouts and priority (all
     optional). A ``high`` priority step goes to its pool's high-priority queue, whose
     deliveries agents serve before normal ones."""
@@ -111,7 +116,9 @@ class StepOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     priority: Literal["normal", "high"] | None = None
 
 
-class StepSpec(StepOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class StepSpec(
+    StepOptions, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """One step of a job: a call of a named task with a payload, and optionally the task
     that undoes it (``compensation``) when a later step fails or the job is cancelled."""
 
@@ -130,6 +137,7 @@ class SubmitJob(
     frozen=True,
     kw_only=True,
     forbid_unknown_fields=True,
+    omit_defaults=True,
     tag="submit",
     tag_field="kind",
 ):
@@ -183,3 +191,23 @@ class SubmitJob(
         if self.start_at is not None:
             return max(0, int(self.start_at.timestamp() * 1000) - now_ms)
         return 0
+
+
+MAX_BATCH_JOBS = 1000
+
+
+class SubmitBatch(msgspec.Struct, frozen=True, kw_only=True, tag="submit_batch", tag_field="kind"):
+    """Many jobs in one message (``"kind": "submit_batch"`` is required): one publish, one
+    confirm and one delivery for all of them. Each job is accepted or refused on its own;
+    give each a ``job_id`` (or an ``idempotency_key``) so that a redelivered batch creates
+    no job twice — without one, a job's id is the message's ``message_id`` plus ``.<index>``.
+    Replies, when ``reply_to`` is set, come per job, with the job id as correlation id."""
+
+    v: Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
+    jobs: Annotated[list[SubmitJob], msgspec.Meta(min_length=1, max_length=MAX_BATCH_JOBS)]
+
+
+class MessageKind(msgspec.Struct):
+    """Only the ``kind`` of a submit-queue message (every other field is skipped)."""
+
+    kind: str = "submit"

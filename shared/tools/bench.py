@@ -56,6 +56,7 @@ async def bench_once(
     agents: int,
     concurrency: int,
     in_flight: int,
+    batch_size: int = 1,
 ) -> BenchRun:
     fleet = LocalFleet(settings, env={"SASFLEET_RETRY_INITIAL_S": "0.05"}, cwd=Path.cwd())
     try:
@@ -72,7 +73,9 @@ async def bench_once(
             kinds.update(broker_pids())
             kinds["client"] = [os.getpid()]
             before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in kinds.items()}
-            result = await run_workload(client, workload, in_flight=in_flight)
+            result = await run_workload(
+                client, workload, in_flight=in_flight, batch_size=batch_size
+            )
             cpu = {k: sum(cpu_seconds(p) for p in pids) - before[k] for k, pids in kinds.items()}
             return BenchRun(result, cpu)
     finally:
@@ -91,7 +94,14 @@ _WORKLOADS = {"echo": echo_jobs, "order": order_jobs}
     default=512,
     show_default=True,
     type=click.IntRange(1),
-    help="Submissions awaiting their publisher confirm at once.",
+    help="Submit messages awaiting their publisher confirm at once.",
+)
+@click.option(
+    "--batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Jobs per submit message (Client.submit_many); 1: a message per job.",
 )
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, 20))
 @click.option(
@@ -108,6 +118,7 @@ def bench(
     agents: int,
     concurrency: int,
     in_flight: int,
+    batch: int,
     rounds: int,
     workload: str,
     settings: Settings,
@@ -116,7 +127,7 @@ def bench(
     console = make_console()
     console.print(
         f"sasfleet bench -n {jobs} --workload {workload} --agents {agents} "
-        f"--concurrency {concurrency} --in-flight {in_flight} --rounds {rounds}\n"
+        f"--concurrency {concurrency} --in-flight {in_flight} --batch {batch} --rounds {rounds}\n"
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
         f"1 scheduler, 1 supervisor, {agents} agent processes; durable: quorum queues, "
         "persistent messages, publisher confirms, ack after record, state in Redis"
@@ -142,7 +153,14 @@ def bench(
         )
         try:
             run = asyncio.run(
-                bench_once(run_settings, _WORKLOADS[workload](jobs), agents, concurrency, in_flight)
+                bench_once(
+                    run_settings,
+                    _WORKLOADS[workload](jobs),
+                    agents,
+                    concurrency,
+                    in_flight,
+                    batch,
+                )
             )
         finally:
             asyncio.run(purge_fleet(run_settings))

@@ -50,27 +50,37 @@ async def run_workload(
     jobs: Sequence[SubmitJob],
     *,
     in_flight: int = 512,
+    batch_size: int = 1,
     wait_timeout_s: float = 600.0,
     on_done: Callable[[JobOutcome], None] | None = None,
 ) -> RunResult:
-    """Submit ``jobs`` (at most ``in_flight`` unconfirmed at once) and wait for all of them.
+    """Submit ``jobs`` and wait for all of them: ``batch_size`` jobs to a message, at most
+    ``in_flight`` messages awaiting their publisher confirm at once.
 
-    Latency is from just before the submit to the moment the client learns the job ended.
+    Latency is from just before a job's (batch's) submit to the moment the client learns
+    the job ended.
     """
     result = RunResult(started=time.perf_counter())
     gate = asyncio.Semaphore(in_flight)
 
-    async def one(job: SubmitJob) -> None:
-        async with gate:
-            t0 = time.perf_counter()
-            job_id = await client.submit_job(job)
+    async def wait(job_id: str, t0: float) -> None:
         outcome = await client.wait(job_id, wait_timeout_s)
         result.latencies_s.append(time.perf_counter() - t0)
         result.outcomes[job_id] = outcome
         if on_done is not None:
             on_done(outcome)
 
-    await asyncio.gather(*(one(j) for j in jobs))
+    async def one(group: Sequence[SubmitJob]) -> None:
+        async with gate:
+            t0 = time.perf_counter()
+            if batch_size > 1:
+                ids = await client.submit_many(group, batch_size=batch_size)
+            else:
+                ids = [await client.submit_job(group[0])]
+        await asyncio.gather(*(wait(job_id, t0) for job_id in ids))
+
+    size = max(1, batch_size)
+    await asyncio.gather(*(one(jobs[i : i + size]) for i in range(0, len(jobs), size)))
     result.finished = time.perf_counter()
     return result
 
