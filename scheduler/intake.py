@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
-from sasfleet.shared.amqp.fleet import TRACEPARENT, FleetChannel
+from sasfleet.shared.amqp.fleet import NOTIFY_HEADER, TRACEPARENT, FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.ids import is_valid_job_id, job_id_for_key, new_job_id
 from sasfleet.shared.messages.codec import (
@@ -77,6 +77,7 @@ class Intake:
                 reply_to=message.reply_to or "",
                 correlation_id=message.correlation_id or "",
                 traceparent=job_traceparent(message),
+                notify=self._notify_channel(message),
             )
             if created.order is None:  # a duplicate, a delayed start, or cancelled on arrival
                 await self._reply_if_finished(
@@ -143,6 +144,7 @@ class Intake:
                 reply_to=reply_to,
                 correlation_id=job_id,
                 traceparent=traceparent,
+                notify=self._notify_channel(message),
             )
             if created.order is None:
                 await self._reply_if_finished(job_id, reply_to, job_id)
@@ -156,6 +158,7 @@ class Intake:
         reply_to: str = "",
         correlation_id: str = "",
         traceparent: str = "",
+        notify: str = "",
     ) -> CreateResult:
         """Record a valid job and publish its first dispatch (idempotent by job id)."""
         job = NewJob(
@@ -165,6 +168,7 @@ class Intake:
             reply_to=reply_to,
             correlation_id=correlation_id,
             traceparent=traceparent,
+            notify=notify,
             start_at_ms=self._start_at(submit),
             ttl_s=self.settings.job_ttl_s,
         )
@@ -192,6 +196,11 @@ class Intake:
             extra={"job_id": job_id},
         )
         return dataclasses.replace(created, order=None)
+
+    def _notify_channel(self, message: Delivery) -> str:
+        """The submitter's notification channel; only this fleet's channels are told."""
+        channel = message.header(NOTIFY_HEADER)
+        return channel if channel.startswith(self.store.keys.notify_prefix) else ""
 
     def _start_at(self, submit: SubmitJob) -> int:
         now = self.store.clock.now_ms()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,8 +20,7 @@ from typing import Any
 
 import msgspec
 
-from sasfleet.shared.amqp.consumer import Delivery
-from sasfleet.shared.amqp.fleet import FleetChannel
+from sasfleet.shared.amqp.fleet import NOTIFY_HEADER, FleetChannel
 from sasfleet.shared.config import Settings, load_settings
 from sasfleet.shared.errors import JobTimeout
 from sasfleet.shared.ids import instance_id, job_id_for_key, new_job_id
@@ -39,7 +40,10 @@ from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import JobView
 from sasfleet.shared.statemachine import JOB_TERMINAL
 
+log = logging.getLogger(__name__)
+
 _POLL_S = 1.0
+_MAX_POLL_S = 8.0
 _KEEP_FINISHED = 100_000
 
 
@@ -95,8 +99,10 @@ def _chunks(
 
 
 class Client:
-    """Submits jobs over RabbitMQ (confirmed) and learns their end from a private reply
-    queue, falling back to reading Redis, so a lost reply never makes ``wait`` hang."""
+    """Submits jobs over RabbitMQ (confirmed) and learns their end from a Redis channel of
+    its own, which the state scripts publish to as the job ends. Pub/sub is a hint: a
+    job not heard of is read from Redis (after 1 s, then less and less often), so a lost
+    notification never makes ``wait`` hang."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
@@ -107,11 +113,15 @@ class Client:
         self._redis = redis_for(self.settings)
         self._store = StateStore(self._redis, self.settings.prefix)
         self._reader = JobReader(self._redis, self.settings.prefix)
-        self._reply_to = ""
+        self._notify = f"{self._store.keys.notify_prefix}{self.by}"
+        self._pubsub: Any = None  # redis-py's PubSub (or ClusterPubSub)
+        self._listener: asyncio.Task[None] | None = None
         self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
         self._finished: OrderedDict[str, JobOutcome] = OrderedDict()
-        # Jobs this client submitted with its reply queue: their end arrives as a reply.
+        # Jobs this client submitted: their end is published to its channel.
         self._replying: set[str] = set()
+        # Awaited job -> (when to read it, monotonic; the wait before the next read).
+        self._next_poll: dict[str, tuple[float, float]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -125,17 +135,25 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
-        await self._fleet.open(prefetch=1000)
-        self._reply_to = await self._fleet.reply_queue(self._on_reply)
+        await self._fleet.open(prefetch=1)
+        await self._redis.ping()  # a cluster client learns the cluster's layout here
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self._notify)
+        self._listener = asyncio.create_task(self._listen())
         self._poller = asyncio.create_task(self._poll())
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._closing = True
-            self._poller.cancel()
-            # redis-py can swallow a cancel that lands mid-command; the loop also watches
-            # _closing, and close() never waits on the poller for more than a moment.
-            await asyncio.wait({self._poller}, timeout=2.0)
+        self._closing = True
+        tasks = {t for t in (self._poller, self._listener) if t is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # redis-py can swallow a cancel that lands mid-command; the loops also watch
+            # _closing, and close() never waits on them for more than a moment.
+            await asyncio.wait(tasks, timeout=2.0)
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
         await self._fleet.close()
         await self._redis.aclose()
 
@@ -199,13 +217,13 @@ class Client:
         return ids
 
     async def _publish(self, body: bytes, message_id: str, job_ids: list[str]) -> None:
-        assert self._fleet.publisher is not None and self._reply_to, "connect() first"
+        assert self._fleet.publisher is not None and self._pubsub, "connect() first"
         await self._fleet.publisher.publish(
             body,
             self._fleet.names.submit,
             message_id=message_id,
             correlation_id=message_id,
-            reply_to=self._reply_to,
+            headers={NOTIFY_HEADER: self._notify},
         )
         self._replying.update(job_ids)
 
@@ -218,6 +236,7 @@ class Client:
             return done
         future: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(future)
+        self._next_poll.setdefault(job_id, (time.monotonic() + _POLL_S, _POLL_S))
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
@@ -228,6 +247,7 @@ class Client:
                 waiters.remove(future)
             if not waiters:
                 self._waiters.pop(job_id, None)
+                self._next_poll.pop(job_id, None)
 
     async def cancel(self, job_id: str) -> str:
         """Ask a job to stop: steps not yet started never start, a running step's handler
@@ -261,19 +281,25 @@ class Client:
             if not future.done():
                 future.set_result(outcome)
 
-    async def _on_reply(self, message: Delivery) -> None:
-        try:
-            finished = job_finished_decoder.decode(message.body)
-        except DECODE_ERRORS:
-            return
-        self._resolve(
-            JobOutcome(
-                message.correlation_id or finished.job_id,
-                finished.status,
-                finished.result,
-                finished.error,
+    async def _listen(self) -> None:
+        """Resolve waiters from the job_finished messages published to this client."""
+        while not self._closing:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except Exception:  # Redis went away: redis-py reconnects and resubscribes
+                log.warning("lost the job notification channel; reading jobs meanwhile")
+                self._next_poll = {j: (0.0, wait) for j, (_, wait) in self._next_poll.items()}
+                await asyncio.sleep(0.5)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                finished = job_finished_decoder.decode(message["data"])
+            except DECODE_ERRORS:
+                continue
+            self._resolve(
+                JobOutcome(finished.job_id, finished.status, finished.result, finished.error)
             )
-        )
 
     async def _read_outcome(self, job_id: str) -> JobOutcome | None:
         finished = await self._store.finished(job_id)
@@ -287,14 +313,19 @@ class Client:
         )
 
     async def _poll(self) -> None:
-        """The fallback: every second, read the state of the jobs still awaited."""
+        """The fallback: read the state of jobs awaited for a while (after 1 s, then
+        backing off to every 8 s each), in case their notification was lost."""
         while not self._closing:
-            await asyncio.sleep(_POLL_S)
-            waiting = list(self._waiters)
-            if not waiting:
+            await asyncio.sleep(_POLL_S / 4)
+            now = time.monotonic()
+            due = [j for j, (at, _) in self._next_poll.items() if at <= now]
+            if not due:
                 continue
+            for job_id in due:
+                wait = min(_MAX_POLL_S, 2 * self._next_poll[job_id][1])
+                self._next_poll[job_id] = (now + wait, wait)
             with contextlib.suppress(Exception):
-                statuses = await self._reader.statuses(waiting)
+                statuses = await self._reader.statuses(due)
                 for job_id, status in statuses.items():
                     if status in JOB_TERMINAL:
                         outcome = await self._read_outcome(job_id)

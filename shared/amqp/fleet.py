@@ -31,8 +31,11 @@ from sasfleet.shared.telemetry.traceparent import TRACEPARENT
 
 # When a dispatch was published (ms since the epoch): the agent's queue-wait metric.
 DISPATCHED_AT_HEADER = "x-sasfleet-dispatched-at"
+# On a submission: the Redis channel (under ``Keys.notify_prefix``) to tell of the job's
+# end, instead of a reply queue. The Python client listens there.
+NOTIFY_HEADER = "x-sasfleet-notify"
 
-__all__ = ["DISPATCHED_AT_HEADER", "TRACEPARENT", "FleetChannel"]
+__all__ = ["DISPATCHED_AT_HEADER", "NOTIFY_HEADER", "TRACEPARENT", "FleetChannel"]
 
 
 class FleetChannel:

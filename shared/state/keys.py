@@ -107,6 +107,11 @@ class Keys:
     def agent(self, agent_id: str) -> str:
         return f"{self.prefix}:{{agents}}:agent:{agent_id}"
 
+    @property
+    def notify_prefix(self) -> str:
+        """Redis pub/sub channels of submitters waiting for their jobs' ends."""
+        return f"{self.prefix}:notify:"
+
     def pattern(self) -> str:
         """Glob matching every key of this fleet (for test clean-up)."""
         return f"{self.prefix}:*"

@@ -57,6 +57,7 @@ class NewJob:
     reply_to: str = ""
     correlation_id: str = ""
     traceparent: str = ""
+    notify: str = ""  # a Redis channel told of the job's end (the Python client's)
     start_at_ms: int = 0  # 0 or the past: start at once
     ttl_s: int = 7 * 24 * 3600  # how long the job's keys stay once it ends
 

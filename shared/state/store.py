@@ -95,6 +95,7 @@ class StateStore:
             job.start_at_ms,
             job.ttl_s,
             len(job.steps),
+            job.notify,
             *(s.fields() for s in job.steps),
         ]
         b = k.bucket_of(jid)

@@ -201,7 +201,9 @@ def test_acl_users_and_their_confinement():
         assert "resetkeys" in rules and "resetchannels" in rules, name
         keys = [r for r in rules if r.startswith(("~", "%", "allkeys"))]
         assert keys == [f"~{Keys(PREFIX).pattern()}"], name
-        assert not [r for r in rules if r.startswith("&") or r == "allchannels"], name
+        # Pub/sub only on the fleet's job-notification channels.
+        channels = [r for r in rules if r.startswith("&") or r == "allchannels"]
+        assert channels == [f"&{Keys(PREFIX).notify_prefix}*"], name
         grants = rules[rules.index("-@all") :]
         assert grants[:4] == ["-@all", "+@connection", "-@admin", "-@dangerous"], name
         assert not {"+@all", "+eval", "+@scripting", "+keys", "+flushall"} & set(grants), name

@@ -226,3 +226,30 @@ async def test_three_step_order_job_runs_its_steps_in_order(services, client):
     assert leases == sorted(leases) and len(set(leases)) == 3
     assert view.steps[0].finished_at <= view.steps[1].started_at
     assert view.steps[1].finished_at <= view.steps[2].started_at
+
+
+async def test_a_submitter_is_told_of_the_end_on_its_redis_channel(raw, redis, keys):
+    mine, foreign = f"{keys.notify_prefix}raw-client", "elsewhere:notify:raw"
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(mine, foreign)
+    try:
+        for i, channel in enumerate((mine, foreign)):
+            await raw.submit(
+                {"task": "echo", "payload": {"i": i}, "job_id": f"told-{i}-{uuid.uuid4().hex}"},
+                headers={"x-sasfleet-notify": channel},
+            )
+
+        async def told():
+            return await pubsub.get_message(timeout=1.0)
+
+        heard = []
+        for _ in range(6):  # a few seconds: the second job ends too, and is not told
+            message = await told()
+            if message is not None:
+                heard.append(message)
+        assert [m["channel"] for m in heard] == [mine]  # a foreign channel is never told
+        doc = msgspec.json.decode(heard[0]["data"])
+        assert doc["kind"] == "job_finished" and doc["job_id"].startswith("told-0-")
+        assert (doc["status"], doc["result"], doc["error"]) == ("succeeded", {"i": 0}, None)
+    finally:
+        await pubsub.aclose()

@@ -63,4 +63,14 @@ local function expire_job(job, hist, step_prefix, nsteps, ttl)
   for i = 0, 2 * nsteps - 1 do redis.call('EXPIRE', step_prefix .. i, ttl) end
 end
 
+-- Tell a submitter listening on Redis channel `channel` (the Python client does) that the
+-- job ended: a job_finished message, as a reply queue would get it. Pub/sub is a hint with
+-- no delivery guarantee; the client falls back to reading the job.
+local function notify_end(channel, job_id, status, result, err)
+  if not channel or channel == '' then return end
+  redis.call('PUBLISH', channel, '{"kind":"job_finished","job_id":' .. cjson.encode(job_id)
+    .. ',"status":"' .. status .. '","result":' .. ((result and result ~= '') and result or 'null')
+    .. ',"error":' .. ((err and err ~= '') and err or 'null') .. '}')
+end
+
 local TERMINAL_JOB = 'succeeded,compensated,failed,cancelled,escalated'

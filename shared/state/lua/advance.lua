@@ -12,7 +12,7 @@ local prefix = ARGV[7]
 local member = job_id .. '|' .. index
 
 local j = redis.call('HMGET', job, 'status', 'current', 'nsteps', 'reply_to', 'correlation_id',
-  'result', 'error', 'cancel_requested', 'comp_list', 'comp_pos', 'comp_cause')
+  'result', 'error', 'cancel_requested', 'comp_list', 'comp_pos', 'comp_cause', 'notify')
 if j[1] == false then return {'stale', 'no such job'} end
 if allowed(TERMINAL_JOB, j[1]) then
   return {'finished', j[1], j[4], j[5], j[6] or '', j[7] or ''}
@@ -42,6 +42,7 @@ local function finish(status, result, err)
   history(hist, now, by, status == 'succeeded' and 'succeed' or status, nil, nil, nil, j[1],
     status, nil)
   expire_job(job, hist, prefix, nsteps, ARGV[6])
+  notify_end(j[12], job_id, status, result, err)
   return {'finished', status, j[4], j[5], result or '', err or ''}
 end
 

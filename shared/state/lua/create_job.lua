@@ -4,8 +4,8 @@
 -- KEYS[6] step 0  KEYS[7] cancel marker (set when the job was cancelled before it arrived)
 -- ARGV[1] job_id  [2] now  [3] by  [4] step key prefix  [5] idempotency key  [6] reply_to
 --     [7] correlation_id  [8] traceparent  [9] start at (ms; <= now: at once)
---     [10] ttl_s (for a job that ends at once)  [11] step count n; then one JSON object of
---     step fields per step
+--     [10] ttl_s (for a job that ends at once)  [11] step count n  [12] notify channel;
+--     then one JSON object of step fields per step
 -- Returns {"created", <dispatch reply>}  {"scheduled", start_at}  {"cancelled"}
 --      or {"exists", job status, current step, step status, <dispatch reply or {}>}
 local job, hist = KEYS[1], KEYS[2]
@@ -25,11 +25,12 @@ end
 local n, start_at = tonumber(ARGV[11]), tonumber(ARGV[9])
 redis.call('HSET', job, 'id', job_id, 'status', 'pending', 'created_at', now, 'updated_at', now,
   'nsteps', n, 'current', 0, 'submitted_by', by, 'idempotency_key', ARGV[5],
-  'reply_to', ARGV[6], 'correlation_id', ARGV[7], 'traceparent', ARGV[8], 'lease_seq', 0)
+  'reply_to', ARGV[6], 'correlation_id', ARGV[7], 'traceparent', ARGV[8], 'lease_seq', 0,
+  'notify', ARGV[12])
 for i = 0, n - 1 do
   local key = step_prefix .. i
   redis.call('HSET', key, 'index', i, 'status', 'pending', 'attempt', 0, 'lease', 0)
-  for field, value in pairs(cjson.decode(ARGV[12 + i])) do
+  for field, value in pairs(cjson.decode(ARGV[13 + i])) do
     redis.call('HSET', key, field, value)
   end
 end
@@ -44,6 +45,7 @@ if cancelled_by then
     'cancelled before it was recorded')
   redis.call('DEL', KEYS[7])
   expire_job(job, hist, step_prefix, n, ARGV[10])
+  notify_end(ARGV[12], job_id, 'cancelled', nil, nil)
   return {'cancelled'}
 end
 if start_at > now then

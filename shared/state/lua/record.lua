@@ -33,7 +33,7 @@ history(KEYS[3], now, ARGV[3], ARGV[5] == 'succeeded' and 'succeed' or 'fail', s
   tonumber(s[3]), tonumber(s[2]), s[1], ARGV[5], detail)
 if ARGV[12] ~= '' and ARGV[5] == 'succeeded' then
   local j = redis.call('HMGET', KEYS[1], 'status', 'current', 'nsteps', 'cancel_requested',
-    'reply_to', 'correlation_id')
+    'reply_to', 'correlation_id', 'id', 'notify')
   local nsteps = tonumber(j[3])
   if j[1] == 'running' and tonumber(j[2]) == step and step + 1 == nsteps and j[4] ~= '1' then
     local result = ARGV[6]
@@ -42,6 +42,7 @@ if ARGV[12] ~= '' and ARGV[5] == 'succeeded' then
     redis.call('ZREM', KEYS[4], ARGV[1])
     history(KEYS[3], now, ARGV[3], 'succeed', nil, nil, nil, 'running', 'succeeded', nil)
     expire_job(KEYS[1], KEYS[3], ARGV[13], nsteps, ARGV[12])
+    notify_end(j[8], j[7], 'succeeded', result, nil)
     return {'finished', 'succeeded', j[5], j[6], result, ''}
   end
 end
