@@ -19,6 +19,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
+from sasfleet.shared.amqp import acks
 from sasfleet.shared.amqp.publisher import Publisher
 from sasfleet.shared.amqp.topology import BY_HEADER, QUEUE_HEADER, REASON_HEADER, Names
 from sasfleet.shared.errors import BadMessage, PublishFailed
@@ -173,13 +174,14 @@ class Consumer:
     async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
         try:
             if isinstance(outcome, Ack):
-                await message.ack()
+                await acks.ack(message)
                 metrics.DELIVERIES.labels(self.queue.name, "ack").inc()
             elif isinstance(outcome, DeadLetter):
                 await self._dead_letter(message, outcome)
             else:
                 await asyncio.sleep(REQUEUE_DELAY_S)
                 await message.nack(requeue=True)
+                acks.note_settled(message)
                 metrics.DELIVERIES.labels(self.queue.name, "requeue").inc()
         except Exception as exc:
             # The channel closed under us: the broker redelivers the message, which is safe
@@ -214,9 +216,11 @@ class Consumer:
         except PublishFailed:
             log.exception("dead-letter publish failed; the message will be redelivered")
             await message.nack(requeue=True)
+            acks.note_settled(message)
             return
         self.dead_lettered += 1
         await message.ack()
+        acks.note_settled(message)
         metrics.DEAD_LETTERS.labels(self.queue.name, outcome.kind).inc()
         metrics.DELIVERIES.labels(self.queue.name, "dead_letter").inc()
 

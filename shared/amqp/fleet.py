@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import msgspec
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError
 
 from sasfleet.shared.amqp.connection import connect
-from sasfleet.shared.amqp.consumer import Consumer, Delivery, Handler
+from sasfleet.shared.amqp.consumer import Consumer, Handler
 from sasfleet.shared.amqp.publisher import Publisher
 from sasfleet.shared.amqp.topology import Names, Topology
 from sasfleet.shared.errors import PublishFailed
@@ -89,20 +88,6 @@ class FleetChannel:
         )
         await consumer.start()
         return consumer
-
-    async def reply_queue(self, on_reply: Callable[[Delivery], Awaitable[None]]) -> str:
-        """A private, server-named queue for this process's replies; returns its name.
-
-        Replies are hints (the state is in Redis), so they are consumed without acks.
-        """
-        assert self.channel is not None, "FleetChannel.open() was not called"
-        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
-
-        async def deliver(message: AbstractIncomingMessage) -> None:
-            await on_reply(Delivery.of(message))
-
-        await queue.consume(deliver, no_ack=True)
-        return queue.name
 
     async def dispatch(self, order: DispatchOrder, traceparent: str = "") -> None:
         """Publish one attempt of a step to its pool's queue (declared on first use).
