@@ -121,6 +121,13 @@ class Publisher:
         self, target: AbstractExchange, routing_key: str, message: aio_pika.Message
     ) -> None:
         try:
+            try:  # the common case, without building a retry loop per message
+                await target.publish(message, routing_key=routing_key, mandatory=True)
+                return
+            except DeliveryError:
+                raise
+            except _TRANSIENT:
+                log.warning("publish to %r failed; retrying", routing_key, exc_info=True)
             async for attempt in AsyncRetrying(
                 # An unroutable or nacked message is not an outage: it fails at once.
                 retry=retry_if_exception_type(_TRANSIENT)
