@@ -63,17 +63,22 @@ class Settings(BaseSettings):
     )
     heartbeat_s: float = Field(2.0, gt=0, description="Agent heartbeat interval.")
     amqp_heartbeat_s: int = Field(
-        5,
+        2,
         ge=1,
         description="AMQP heartbeat of agents: a frozen agent's prefetched deliveries go back "
-        "to the queue after about two of them.",
+        "to the queue after about two of them (keep it under a third of agent_timeout_s, so "
+        "they are back before its steps are re-dispatched).",
     )
     agent_timeout_s: float = Field(
         6.0,
         gt=0,
         description="An agent silent this long is dead or hung: supervisors recover its steps.",
     )
-    supervisor_tick_s: float = Field(0.5, gt=0, description="Supervisor deadline scan interval.")
+    supervisor_tick_s: float = Field(
+        0.25,
+        gt=0,
+        description="Supervisor scan interval (deadlines, and agents whose connections closed).",
+    )
     timer_tick_s: float = Field(0.1, gt=0, description="Scheduler timer scan interval.")
     escalation_webhook: str = Field(
         "", description="URL the supervisor POSTs escalated jobs to (empty: none)."

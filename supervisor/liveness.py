@@ -15,7 +15,7 @@ from sasfleet.shared.telemetry import metrics
 log = logging.getLogger(__name__)
 
 # An agent must be missing from Redis' client list in this many consecutive scans before
-# it counts as gone: a Redis restart or a reconnect drops every connection for a moment.
+# it counts as gone: a reconnect drops a connection for a moment.
 MISSING_SCANS = 2
 
 
@@ -32,7 +32,12 @@ class Liveness:
     async def tick(self) -> bool:
         now = self.store.clock.now_ms()
         records = await self.agents.live()
-        connected = await self.agents.connected()
+        # Just after a Redis restart no agent is connected yet: they reconnect with their
+        # next command (a heartbeat at the latest). Until then only heartbeats decide.
+        if await self.agents.redis_uptime_s() * 1000 < self.timeout_ms:
+            connected = {a.agent_id for a in records}
+        else:
+            connected = await self.agents.connected()
         lost: set[str] = set()
         for agent in records:
             verdict = self._verdict(agent, connected, now)

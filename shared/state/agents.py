@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 from redis.asyncio.cluster import RedisCluster
@@ -43,6 +43,16 @@ class AgentRegistry:
         names = {str(c.get("name", "")) for c in await _client_list(self.redis)}
         prefix = agent_connection_prefix(self.keys.prefix)
         return {n[len(prefix) :] for n in names if n.startswith(prefix)}
+
+    async def redis_uptime_s(self) -> float:
+        """Seconds since the (most recently started) Redis server started."""
+        if isinstance(self.redis, RedisCluster):
+            per_node = cast(
+                dict[str, dict[str, Any]],
+                await self.redis.info("server", target_nodes=RedisCluster.ALL_NODES),
+            )
+            return min(float(info["uptime_in_seconds"]) for info in per_node.values())
+        return float((await self.redis.info("server"))["uptime_in_seconds"])
 
     async def live(self) -> list[AgentView]:
         """Agents whose record has not expired, most recent beat first.

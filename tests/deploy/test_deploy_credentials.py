@@ -363,10 +363,26 @@ async def test_redis_users_hold_only_their_permissions(users: Users):
             assert await redis_refused(url, *command), (user, command)
         assert await redis_refused(url, "CLIENT", "KILL", "ID", "1"), user
         assert await redis_refused(url, "SUBSCRIBE", "x"), user
-    # Only supervisors list connections (to see which agents are gone).
+    # Only supervisors list connections (to see which agents are gone) and read the
+    # server's uptime (no agent is connected just after a restart).
     for user in service_users:
         listed = not await redis_refused(users.redis_url(user), "CLIENT", "LIST")
         assert listed == (user == "supervisor"), user
+        info = not await redis_refused(users.redis_url(user), "INFO", "server")
+        assert info == (user == "supervisor"), user
+    # Job ends are published to, and heard on, the fleet's notification channels only.
+    notify = f"{PREFIX}:notify:client-1"
+    listener = aioredis.Redis.from_url(users.redis_url("client"))
+    try:
+        pubsub = listener.pubsub()
+        await pubsub.subscribe(notify)
+        confirmed = await pubsub.get_message(timeout=5)
+        assert confirmed is not None and confirmed["type"] == "subscribe"
+        await pubsub.aclose()
+    finally:
+        await listener.aclose()
+    assert not await redis_refused(users.redis_url("agent"), "PUBLISH", notify, "{}")
+    assert await redis_refused(users.redis_url("agent"), "PUBLISH", "other:notify:x", "{}")
     # Clients read and cancel; they never delete (only agents and supervisors do).
     assert await redis_refused(users.redis_url("client"), "DEL", f"{PREFIX}:jobs")
     assert await redis_refused(users.redis_url("agent"), "HGETALL", f"{PREFIX}:{{job}}:job")
