@@ -23,9 +23,9 @@ def job(job_id: str) -> NewJob:
     return NewJob(job_id, [NewStep("echo", "default", b"{}", 3, 60_000)])
 
 
-@pytest.fixture
-async def store(redis_target: RedisTarget) -> AsyncIterator[StateStore]:
-    redis = redis_target.connect()
+async def _store_on(target: RedisTarget) -> AsyncIterator[StateStore]:
+    """A store under a prefix of its own, whose keys are deleted afterwards."""
+    redis: RedisClient = target.connect()
     prefix = f"t-{uuid4().hex[:8]}"
     try:
         yield StateStore(redis, prefix, ManualClock())
@@ -33,6 +33,12 @@ async def store(redis_target: RedisTarget) -> AsyncIterator[StateStore]:
         async for key in redis.scan_iter(match=f"{prefix}:*"):
             await redis.delete(key)
         await redis.aclose()
+
+
+@pytest.fixture
+async def store(redis_target: RedisTarget) -> AsyncIterator[StateStore]:
+    async for store in _store_on(redis_target):
+        yield store
 
 
 async def test_calls_made_together_each_get_their_own_reply(store: StateStore) -> None:
@@ -56,14 +62,8 @@ async def test_an_error_fails_only_its_own_call(store: StateStore) -> None:
 
 @pytest.fixture
 async def cluster_store(redis_cluster: RedisClusterNodes) -> AsyncIterator[StateStore]:
-    redis: RedisClient = RedisTarget(redis_cluster.url, cluster=True).connect()
-    prefix = f"t-{uuid4().hex[:8]}"
-    try:
-        yield StateStore(redis, prefix, ManualClock())
-    finally:
-        async for key in redis.scan_iter(match=f"{prefix}:*"):
-            await redis.delete(key)
-        await redis.aclose()
+    async for store in _store_on(RedisTarget(redis_cluster.url, cluster=True)):
+        yield store
 
 
 async def test_scripts_are_loaded_again_after_the_script_cache_is_flushed(
