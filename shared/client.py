@@ -12,11 +12,12 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -41,6 +42,7 @@ from sasfleet.shared.state.views import JobView
 from sasfleet.shared.statemachine import JOB_TERMINAL
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _POLL_S = 1.0
 _MAX_POLL_S = 8.0
@@ -80,22 +82,21 @@ def _batch_body(jobs: list[bytes]) -> bytes:
 
 
 def _chunks(
-    bodies: list[bytes], ids: list[str], size: int, max_bytes: int
-) -> Iterator[tuple[list[bytes], list[str]]]:
+    items: Sequence[T], body: Callable[[T], bytes], size: int, max_bytes: int
+) -> Iterator[list[T]]:
     """Groups of at most ``size`` jobs whose batch message stays within ``max_bytes``."""
     room = max_bytes - len(_BATCH_HEAD) - len(_BATCH_TAIL)
-    chunk: list[bytes] = []
-    chunk_ids: list[str] = []
+    chunk: list[T] = []
     used = 0
-    for body, job_id in zip(bodies, ids, strict=True):
-        if chunk and (len(chunk) == size or used + len(body) + 1 > room):
-            yield chunk, chunk_ids
-            chunk, chunk_ids, used = [], [], 0
-        chunk.append(body)
-        chunk_ids.append(job_id)
-        used += len(body) + 1
+    for item in items:
+        length = len(body(item)) + 1
+        if chunk and (len(chunk) == size or used + length > room):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += length
     if chunk:
-        yield chunk, chunk_ids
+        yield chunk
 
 
 class Client:
@@ -104,8 +105,14 @@ class Client:
     job not heard of is read from Redis (after 1 s, then less and less often), so a lost
     notification never makes ``wait`` hang."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, coalesce: int = 100) -> None:
+        """``coalesce``: submissions made at the same moment (in one event-loop iteration,
+        e.g. by many tasks at once) travel together, up to this many jobs to a message;
+        1 sends every job as a message of its own."""
         self.settings = settings or load_settings()
+        self.coalesce = coalesce
+        self._coalescing: list[tuple[bytes, str, asyncio.Future[None]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
         self.by = instance_id("client")
         self._fleet = FleetChannel(
             self.settings.amqp_url.get_secret_value(), self.settings.prefix, self.by
@@ -186,10 +193,19 @@ class Client:
         )
 
     async def submit_job(self, job: SubmitJob) -> str:
-        """Submit a prepared :class:`SubmitJob`; returns the job id."""
+        """Submit a prepared :class:`SubmitJob`; returns the job id once the broker
+        confirmed it (with the jobs submitted at the same moment: see ``coalesce``)."""
         job = _with_id(job)
         assert job.job_id is not None
-        await self._publish(encode(job), job.job_id, [job.job_id])
+        if self.coalesce <= 1:
+            await self._send([(encode(job), job.job_id)])
+            return job.job_id
+        loop = asyncio.get_running_loop()
+        confirmed: asyncio.Future[None] = loop.create_future()
+        if not self._coalescing:
+            loop.call_soon(self._send_coalesced)
+        self._coalescing.append((encode(job), job.job_id, confirmed))
+        await confirmed
         return job.job_id
 
     async def submit_many(self, jobs: Iterable[SubmitJob], *, batch_size: int = 100) -> list[str]:
@@ -200,21 +216,42 @@ class Client:
         ``batch_size=1`` sends each job as a message of its own. A batch never grows past
         the fleet's message size limit; a job too large for it goes alone (and is refused
         by the scheduler with the reason)."""
-        prepared = [_with_id(j) for j in jobs]
-        ids = [j.job_id for j in prepared if j.job_id is not None]
-        if batch_size <= 1:
-            await asyncio.gather(*(self.submit_job(j) for j in prepared))
-            return ids
-        bodies = [encode(j) for j in prepared]
-        await asyncio.gather(
-            *(
-                self._publish(_batch_body(chunk), f"batch-{new_job_id()}", chunk_ids)
-                for chunk, chunk_ids in _chunks(
-                    bodies, ids, batch_size, self.settings.max_payload_bytes
-                )
-            )
-        )
-        return ids
+        encoded = [(encode(j), j.job_id or "") for j in map(_with_id, jobs)]
+        limit = self.settings.max_payload_bytes
+        groups = _chunks(encoded, itemgetter(0), max(1, batch_size), limit)
+        await asyncio.gather(*(self._send(group) for group in groups))
+        return [job_id for _, job_id in encoded]
+
+    def _send_coalesced(self) -> None:
+        waiting, self._coalescing = self._coalescing, []
+        groups = _chunks(waiting, itemgetter(0), self.coalesce, self.settings.max_payload_bytes)
+        for group in groups:
+            task = asyncio.create_task(self._send_confirming(group))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send_confirming(self, group: list[tuple[bytes, str, asyncio.Future[None]]]) -> None:
+        """Send ``group`` and tell each of its submitters how it went."""
+        try:
+            await self._send([(body, job_id) for body, job_id, _ in group])
+        except BaseException as exc:
+            for *_, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for *_, future in group:
+            if not future.done():
+                future.set_result(None)
+
+    async def _send(self, group: list[tuple[bytes, str]]) -> None:
+        """One message: a lone job as it is, several as a ``submit_batch``."""
+        ids = [job_id for _, job_id in group]
+        if len(group) == 1:
+            await self._publish(group[0][0], ids[0], ids)
+        else:
+            await self._publish(_batch_body([b for b, _ in group]), f"batch-{new_job_id()}", ids)
 
     async def _publish(self, body: bytes, message_id: str, job_ids: list[str]) -> None:
         assert self._fleet.publisher is not None and self._pubsub, "connect() first"

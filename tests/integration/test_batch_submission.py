@@ -3,8 +3,10 @@ AMQP client; each job accepted or refused on its own, none created twice on rede
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import aio_pika
 import msgspec
 import pytest
 
@@ -105,3 +107,25 @@ async def test_an_undecodable_batch_is_dead_lettered_whole(
     assert reason in (raw.header(dead, REASON_HEADER) or "")
     assert services.scheduler.alive()
     assert await client.get(message_id) is None  # no job was recorded for it
+
+
+async def test_submissions_made_at_the_same_moment_travel_in_one_message(
+    fleet, settings, client, names
+) -> None:
+    # No scheduler runs: the messages stay in the submit queue to be looked at.
+    ids = await asyncio.gather(*(client.submit("echo", {"i": i}) for i in range(10)))
+    lone = await client.submit("echo", {"lone": True})
+
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    try:
+        queue = await (await connection.channel()).get_queue(names.submit, ensure=False)
+        first, second = await queue.get(no_ack=True), await queue.get(no_ack=True)
+        assert await queue.get(no_ack=True, fail=False) is None
+    finally:
+        await connection.close()
+    batch = msgspec.json.decode(first.body)
+    assert batch["kind"] == "submit_batch"
+    assert [j["job_id"] for j in batch["jobs"]] == ids
+    assert [j["payload"] for j in batch["jobs"]] == [{"i": i} for i in range(10)]
+    single = msgspec.json.decode(second.body)  # a lone job goes as a plain submission
+    assert (single["kind"], single["job_id"], single["payload"]) == ("submit", lone, {"lone": True})
