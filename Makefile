@@ -57,8 +57,12 @@ $(PEERS): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,peers]' --config-settings editable_mode=strict
 	touch $(PEERS)
 
-bench-compare: $(PEERS) services ## SAS Fleet beside Celery, Dramatiq and taskiq on the same broker and Redis
+bench-compare: $(PEERS) services ## SAS Fleet beside Celery, Dramatiq and taskiq; then killed and frozen workers
 	$(BIN)/python -m bench.compare
+	$(BIN)/python -m bench.recovery
+
+bench-memory: $(STAMP) services ## An agent's RSS over 100,000 jobs (fails above 10% growth)
+	$(BIN)/python -m bench.memory
 
 scale: $(STAMP) services ## Scale test: the same workload through 1, 2, 4 and 8 agent processes
 	$(BIN)/sasfleet scale
@@ -83,4 +87,4 @@ down: ## Stop and remove the containers of `make up` (the data volumes stay)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-.PHONY: help venv services demo test test-unit lint format schema bench bench-compare scale chaos clean
+.PHONY: help venv services demo test test-unit lint format schema bench bench-compare bench-memory scale chaos clean

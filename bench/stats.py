@@ -1,0 +1,26 @@
+"""Percentiles of one run and medians over rounds."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (``p`` in 0..100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def latency_summary(latencies_s: Sequence[float]) -> tuple[float, float, float]:
+    """p50, p95 and p99 in milliseconds."""
+    p50, p95, p99 = (percentile(latencies_s, p) * 1000 for p in (50, 95, 99))
+    return p50, p95, p99
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, 0.0 for no values."""
+    return statistics.median(values) if values else 0.0
