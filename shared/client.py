@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _POLL_S = 1.0
+# Coalesced submit messages awaiting a confirm before further submissions wait to join
+# the next message (a round trip at most, and only while the broker is busy with these).
+_UNCONFIRMED = 2
 _MAX_POLL_S = 8.0
 _KEEP_FINISHED = 100_000
 
@@ -107,12 +110,14 @@ class Client:
 
     def __init__(self, settings: Settings | None = None, *, coalesce: int = 100) -> None:
         """``coalesce``: submissions made at the same moment (in one event-loop iteration,
-        e.g. by many tasks at once) travel together, up to this many jobs to a message;
-        1 sends every job as a message of its own."""
+        e.g. by many tasks at once, or while earlier ones await their confirm) travel
+        together, up to this many jobs to a message; 1 sends every job as a message of
+        its own."""
         self.settings = settings or load_settings()
         self.coalesce = coalesce
         self._coalescing: list[tuple[bytes, str, asyncio.Future[None]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()  # messages awaiting their confirm
+        self._flush_due = False
         self.by = instance_id("client")
         self._fleet = FleetChannel(
             self.settings.amqp_url.get_secret_value(), self.settings.prefix, self.by
@@ -200,11 +205,9 @@ class Client:
         if self.coalesce <= 1:
             await self._send([(encode(job), job.job_id)])
             return job.job_id
-        loop = asyncio.get_running_loop()
-        confirmed: asyncio.Future[None] = loop.create_future()
-        if not self._coalescing:
-            loop.call_soon(self._send_coalesced)
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._coalescing.append((encode(job), job.job_id, confirmed))
+        self._flush_soon()
         await confirmed
         return job.job_id
 
@@ -222,13 +225,27 @@ class Client:
         await asyncio.gather(*(self._send(group) for group in groups))
         return [job_id for _, job_id in encoded]
 
+    def _flush_soon(self) -> None:
+        """Send the waiting submissions at the end of this loop iteration, unless
+        ``_UNCONFIRMED`` of their messages await a confirm already: then they wait for one
+        (joined by those that come meanwhile), so a steady stream travels in batches too."""
+        if self._coalescing and not self._flush_due and len(self._sending) < _UNCONFIRMED:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._send_coalesced)
+
     def _send_coalesced(self) -> None:
+        self._flush_due = False
         waiting, self._coalescing = self._coalescing, []
         groups = _chunks(waiting, itemgetter(0), self.coalesce, self.settings.max_payload_bytes)
         for group in groups:
             task = asyncio.create_task(self._send_confirming(group))
             self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if not self._closing:
+            self._flush_soon()
 
     async def _send_confirming(self, group: list[tuple[bytes, str, asyncio.Future[None]]]) -> None:
         """Send ``group`` and tell each of its submitters how it went."""
