@@ -39,6 +39,10 @@ class Intake:
         self.store = store
         self.fleet = fleet
         self.accepted = 0
+        # Jobs being created and dispatched at once: a backlog of batch messages (each up
+        # to 1,000 jobs) is then worked through a slice at a time, so dispatches flow to
+        # the agents from the first moment instead of after the whole backlog is created.
+        self._accepting = asyncio.Semaphore(settings.scheduler_prefetch)
 
     async def handle(self, message: Delivery) -> Outcome:
         body = message.body
@@ -122,32 +126,37 @@ class Intake:
     ) -> None:
         """One job of a batch; replies (when asked) carry the job id as correlation id."""
         reply_to = message.reply_to or ""
-        with job_scope(job_id):
-            try:
-                steps = submit.step_specs()
-            except ValueError as exc:
-                metrics.JOBS_REJECTED.inc()
-                error = ErrorInfo(
-                    type="InvalidSubmission", message=f"invalid submission: {exc}", retryable=False
+        async with self._accepting:
+            with job_scope(job_id):
+                try:
+                    steps = submit.step_specs()
+                except ValueError as exc:
+                    metrics.JOBS_REJECTED.inc()
+                    error = ErrorInfo(
+                        type="InvalidSubmission",
+                        message=f"invalid submission: {exc}",
+                        retryable=False,
+                    )
+                    log.warning(
+                        "refused job %s of a batch: %s", job_id, exc, extra={"job_id": job_id}
+                    )
+                    await self._refuse(job_id, error, reply_to, job_id)
+                    return
+                if submit.idempotency_key:
+                    job_id = await self.store.reserve_idempotency_key(
+                        submit.idempotency_key, job_id, self.settings.job_ttl_s
+                    )
+                created = await self.accept(
+                    submit,
+                    steps,
+                    job_id,
+                    reply_to=reply_to,
+                    correlation_id=job_id,
+                    traceparent=traceparent,
+                    notify=self._notify_channel(message),
                 )
-                log.warning("refused job %s of a batch: %s", job_id, exc, extra={"job_id": job_id})
-                await self._refuse(job_id, error, reply_to, job_id)
-                return
-            if submit.idempotency_key:
-                job_id = await self.store.reserve_idempotency_key(
-                    submit.idempotency_key, job_id, self.settings.job_ttl_s
-                )
-            created = await self.accept(
-                submit,
-                steps,
-                job_id,
-                reply_to=reply_to,
-                correlation_id=job_id,
-                traceparent=traceparent,
-                notify=self._notify_channel(message),
-            )
-            if created.order is None:
-                await self._reply_if_finished(job_id, reply_to, job_id)
+                if created.order is None:
+                    await self._reply_if_finished(job_id, reply_to, job_id)
 
     async def accept(
         self,
