@@ -21,7 +21,8 @@ from bench.model import RunSpec
 from bench.peers.celery_app import TASK, make_app, result_channel_pattern
 from bench.peers.env import PeerEnv, payload
 from bench.peers.watch import Watcher
-from bench.procs import Worker, spawn, stop_all, tree
+from bench.peers.workers import PeerWorkers
+from bench.procs import spawn
 from bench.rabbit import wait_for_consumers
 from bench.tracker import Tracker
 
@@ -35,10 +36,11 @@ def parse_result(channel: bytes, data: bytes) -> tuple[str, bool] | None:
     return task_id, meta["status"] == "SUCCESS"
 
 
-class CeleryTarget:
+class CeleryTarget(PeerWorkers):
     """Producer, worker and result store of one Celery run."""
 
     def __init__(self, spec: RunSpec, pool: str) -> None:
+        super().__init__()
         self.spec = spec
         self.env = PeerEnv.of(spec)
         self.pool = pool
@@ -46,8 +48,6 @@ class CeleryTarget:
         self.app = make_app(self.env, results=False, pool_limit=self.width)
         self.echo = self.app.tasks[TASK]
         self.threads = ThreadPoolExecutor(self.width, thread_name_prefix="celery-submit")
-        self.workers: list[Worker] = []
-        self.watcher: Watcher | None = None
         self.expected: dict[str, int] = {}  # handle -> job number
 
     async def open(self, tracker: Tracker) -> None:
@@ -101,13 +101,8 @@ class CeleryTarget:
                 ok += raw is not None and _succeeded(json.loads(raw), self.expected[h])
         return ok
 
-    def process_groups(self) -> dict[str, list[int]]:
-        return {"worker": [p for w in self.workers for p in tree(w.pid)]}
-
     async def close(self) -> None:
-        await asyncio.to_thread(stop_all, self.workers)
-        if self.watcher is not None:
-            await self.watcher.stop()
+        await self.stop_workers()
         self.threads.shutdown(wait=True)
         self.app.close()
         await clean_run(self.spec)

@@ -21,7 +21,8 @@ from bench.model import RunSpec
 from bench.peers.dramatiq_app import ACTOR, make_broker
 from bench.peers.env import PeerEnv, payload
 from bench.peers.watch import Watcher, parse_done
-from bench.procs import Worker, spawn, stop_all, tree
+from bench.peers.workers import PeerWorkers
+from bench.procs import spawn
 from bench.rabbit import wait_for_consumers
 from bench.tracker import Tracker
 
@@ -29,18 +30,17 @@ PROCESSES = 2
 THREADS = 8
 
 
-class DramatiqTarget:
+class DramatiqTarget(PeerWorkers):
     """Producer, workers and result store of one Dramatiq run."""
 
     def __init__(self, spec: RunSpec) -> None:
+        super().__init__()
         self.spec = spec
         self.env = PeerEnv.of(spec)
         self.width = spec.producer_threads
         self.broker, self.backend = make_broker(self.env, announce=False)
         self.actor: dramatiq.Actor[..., Any] = self.broker.get_actor(ACTOR)
         self.threads = ThreadPoolExecutor(self.width, thread_name_prefix="dramatiq-submit")
-        self.workers: list[Worker] = []
-        self.watcher: Watcher | None = None
         self.last: dict[str, tuple[dramatiq.Message[Any], int]] = {}  # handle -> (msg, n)
 
     async def open(self, tracker: Tracker) -> None:
@@ -94,13 +94,8 @@ class DramatiqTarget:
     async def verify(self, handles: list[str]) -> int:
         return await asyncio.get_running_loop().run_in_executor(self.threads, self._verify, handles)
 
-    def process_groups(self) -> dict[str, list[int]]:
-        return {"worker": [p for w in self.workers for p in tree(w.pid)]}
-
     async def close(self) -> None:
-        await asyncio.to_thread(stop_all, self.workers)
-        if self.watcher is not None:
-            await self.watcher.stop()
+        await self.stop_workers()
         self.threads.shutdown(wait=True)
         self.broker.close()
         await clean_run(self.spec)

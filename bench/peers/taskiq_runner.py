@@ -21,17 +21,19 @@ from bench.model import RunSpec
 from bench.peers.env import PeerEnv, payload
 from bench.peers.taskiq_app import PREFETCH, TASK, make_broker
 from bench.peers.watch import Watcher, parse_done
-from bench.procs import Worker, spawn, stop_all, tree
+from bench.peers.workers import PeerWorkers
+from bench.procs import spawn
 from bench.rabbit import wait_for_consumers
 from bench.tracker import Tracker
 
 PROCESSES = 2
 
 
-class TaskiqTarget:
+class TaskiqTarget(PeerWorkers):
     """Producer, workers and result store of one taskiq run."""
 
     def __init__(self, spec: RunSpec) -> None:
+        super().__init__()
         if spec.steps != 1:
             raise ValueError("taskiq has no chain primitive: multi-step jobs are skipped")
         self.spec = spec
@@ -39,8 +41,6 @@ class TaskiqTarget:
         self.width = spec.in_flight
         self.broker: AsyncBroker = make_broker(self.env, announce=False)
         self.task = self.broker.find_task(TASK)
-        self.workers: list[Worker] = []
-        self.watcher: Watcher | None = None
         self.expected: dict[str, int] = {}
         self.started = False
 
@@ -87,13 +87,8 @@ class TaskiqTarget:
             ok += sum(await asyncio.gather(*(self._one_ok(h) for h in handles[i : i + 200])))
         return ok
 
-    def process_groups(self) -> dict[str, list[int]]:
-        return {"worker": [p for w in self.workers for p in tree(w.pid)]}
-
     async def close(self) -> None:
-        await asyncio.to_thread(stop_all, self.workers)
-        if self.watcher is not None:
-            await self.watcher.stop()
+        await self.stop_workers()
         if self.started:
             await self.broker.shutdown()
         await clean_run(self.spec)
