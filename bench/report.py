@@ -79,9 +79,10 @@ def systems_table(systems: Sequence[System], spec: RunSpec) -> Table:
 
 
 def e2e_table(results: Results, systems: Sequence[System]) -> Table:
-    table = Table(title="e2e: all jobs offered at once (first submit -> last completion seen)")
-    for col in ("system", "ok", "jobs/s", "rounds", "p50 ms", "p95 ms", "p99 ms", "of raw"):
-        table.add_column(col, justify="left" if col == "system" else "right")
+    table = _numbers_table(
+        "e2e: all jobs offered at once (first submit -> last completion seen)",
+        ("system", "ok", "jobs/s", "rounds", "p50 ms", "p95 ms", "p99 ms", "of raw"),
+    )
     raw = results.throughput("raw", "e2e")
     for s in systems:
         runs = results.of(s.name, "e2e")
@@ -129,10 +130,19 @@ def cpu_table(results: Results, systems: Sequence[System], phase: Phase) -> Tabl
     return table
 
 
-def drain_table(results: Results, systems: Sequence[System]) -> Table:
-    table = Table(title="drain: all jobs queued first, then the workers started")
-    for col in ("system", "ok", "jobs/s", "rounds", "start -> 1st done s", "jobs/s after 1st"):
+def _numbers_table(title: str, columns: Sequence[str]) -> Table:
+    """A table whose first column names the system and the others hold figures."""
+    table = Table(title=title)
+    for col in columns:
         table.add_column(col, justify="left" if col == "system" else "right")
+    return table
+
+
+def drain_table(results: Results, systems: Sequence[System]) -> Table:
+    table = _numbers_table(
+        "drain: all jobs queued first, then the workers started",
+        ("system", "ok", "jobs/s", "rounds", "start -> 1st done s", "jobs/s after 1st"),
+    )
     for s in systems:
         runs = results.of(s.name, "drain")
         if not runs:
@@ -154,9 +164,10 @@ def drain_table(results: Results, systems: Sequence[System]) -> Table:
 
 
 def load_table(results: Results, systems: Sequence[System], rate: float) -> Table:
-    table = Table(title=f"load: open loop at {rate:,.0f} jobs/s offered (latency from schedule)")
-    for col in ("system", "ok", "offered/s", "done/s", "p50 ms", "p95 ms", "p99 ms", "max lag ms"):
-        table.add_column(col, justify="left" if col == "system" else "right")
+    table = _numbers_table(
+        f"load: open loop at {rate:,.0f} jobs/s offered (latency from schedule)",
+        ("system", "ok", "offered/s", "done/s", "p50 ms", "p95 ms", "p99 ms", "max lag ms"),
+    )
     for s in systems:
         runs = results.of(s.name, "load")
         if not runs:
@@ -175,9 +186,10 @@ def load_table(results: Results, systems: Sequence[System], rate: float) -> Tabl
 
 
 def multistep_table(results: Results, systems: Sequence[System]) -> Table:
-    table = Table(title="multistep: three echo steps per job (all offered at once)")
-    for col in ("system", "ok", "jobs/s", "rounds", "p50 ms", "p99 ms"):
-        table.add_column(col, justify="left" if col == "system" else "right")
+    table = _numbers_table(
+        "multistep: three echo steps per job (all offered at once)",
+        ("system", "ok", "jobs/s", "rounds", "p50 ms", "p99 ms"),
+    )
     for s in systems:
         runs = results.of(s.name, "multistep")
         if not runs:
