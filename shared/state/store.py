@@ -343,14 +343,14 @@ class StateStore:
         """Ask a job to stop. Returns the step to announce when one was stopped before it
         ran, else what the job is doing ("running" step, "compensating", "unknown": not
         recorded yet, it will be cancelled on arrival; or a final status)."""
-        k, now = self.keys, self.clock.now_ms()
+        k, now, b = self.keys, self.clock.now_ms(), self.keys.bucket_of(job_id)
         reply = await self._run(
             "cancel",
             [
                 k.job(job_id),
                 k.history(job_id),
-                k.deadlines(k.bucket_of(job_id)),
-                k.timers(k.bucket_of(job_id)),
+                k.deadlines(b),
+                k.timers(b),
                 k.cancel_marker(job_id),
             ],
             [job_id, now, by, k.step_prefix(job_id), now + announce_after_ms, ttl_s],
