@@ -7,7 +7,8 @@ scheduler does. A multiple ack covers only tags this process has itself settled:
 a channel are consecutive, and the run is extended one tag at a time through tags acked
 now or settled earlier, so a delivery still being handled (or one this process never
 saw) ends the run. An ack is therefore never sent for a message before its effect is
-recorded, exactly as with single acks.
+recorded, exactly as with single acks. The frames are queued for the connection's writer
+without waiting for the socket write (``wait=False``): nothing depends on that moment.
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ class _ChannelAcks:
         plan = plan_acks(self.floor, self.settled, set(waiting))
         try:
             if plan.multiple is not None:
-                await self.channel.basic_ack(delivery_tag=plan.multiple, multiple=True)
+                await self.channel.basic_ack(delivery_tag=plan.multiple, multiple=True, wait=False)
             for tag in plan.singles:
-                await self.channel.basic_ack(delivery_tag=tag)
+                await self.channel.basic_ack(delivery_tag=tag, wait=False)
         except Exception as exc:  # the channel closed: the broker redelivers them all
             for future in waiting.values():
                 if not future.done():

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
@@ -25,6 +24,8 @@ from sasfleet.shared.telemetry.traceparent import TRACEPARENT
 from sasfleet.shared.telemetry.tracing import NO_SPAN, Attributes
 
 log = logging.getLogger(__name__)
+
+PERSISTENT = 2  # delivery mode: the broker writes the message to disk
 
 _TRANSIENT = (
     AMQPError,
@@ -100,29 +101,47 @@ class Publisher:
         )
         if span is NO_SPAN and traceparent:
             message_headers.setdefault(TRACEPARENT, traceparent)
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=PERSISTENT,
+            headers=message_headers or None,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            app_id=self.app_id,
+            priority=priority,
+        )
         with span:
-            await self._publish(
-                target,
-                routing_key,
-                aio_pika.Message(
-                    body,
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    headers=message_headers or None,
-                    message_id=message_id,
-                    correlation_id=correlation_id,
-                    reply_to=reply_to,
-                    app_id=self.app_id,
-                    priority=priority,
-                ),
-            )
+            await self._publish(target.name, routing_key, body, properties)
+
+    async def _send(
+        self, exchange: str, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties
+    ) -> None:
+        """One publish, returning when the broker confirmed it.
+
+        Straight to aiormq, with ``wait=False``: by default it holds the channel's lock
+        until the frame is written and drained, so concurrent publishes on a channel go
+        out one per event-loop round trip (aio-pika's ``Exchange.publish`` always
+        waits). The broker's confirm is awaited either way."""
+        if self.channel.is_closed:
+            raise ChannelInvalidStateError("the publishing channel is closed")
+        # The concrete channel: the abstract class does not declare ``wait``.
+        channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+        await channel.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=True,
+            wait=False,
+        )
 
     async def _publish(
-        self, target: AbstractExchange, routing_key: str, message: aio_pika.Message
+        self, exchange: str, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties
     ) -> None:
         try:
             try:  # the common case, without building a retry loop per message
-                await target.publish(message, routing_key=routing_key, mandatory=True)
+                await self._send(exchange, routing_key, body, properties)
                 return
             except DeliveryError:
                 raise
@@ -138,7 +157,7 @@ class Publisher:
                 reraise=True,
             ):
                 with attempt:
-                    await target.publish(message, routing_key=routing_key, mandatory=True)
+                    await self._send(exchange, routing_key, body, properties)
         except DeliveryError as exc:
             raise PublishFailed(
                 f"broker refused or returned the message to {routing_key!r}: {exc}"
