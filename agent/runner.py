@@ -284,14 +284,15 @@ class Runner:
         d = running.dispatch
         kwargs = task.arguments(task.decoder.decode(d.payload), running.context)
         timeout = d.timeout_ms / 1000
-        if task.is_async:
-            return await asyncio.wait_for(task.fn(**kwargs), timeout)
-        loop = asyncio.get_running_loop()
-        # A plain function runs off the event loop; on timeout or cancellation its thread
-        # cannot be killed (it can watch ctx.cancel_requested), but a late result is
-        # rejected by the lease check like any stale result.
-        call = functools.partial(task.fn, **kwargs)
-        return await asyncio.wait_for(loop.run_in_executor(self.executor, call), timeout)
+        # asyncio.timeout, not wait_for: the handler runs in this task instead of a new one.
+        async with asyncio.timeout(timeout):
+            if task.is_async:
+                return await task.fn(**kwargs)
+            # A plain function runs off the event loop; on timeout or cancellation its
+            # thread cannot be killed (it can watch ctx.cancel_requested), but a late
+            # result is rejected by the lease check like any stale result.
+            call = functools.partial(task.fn, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     async def _finish_with_result(self, d: StepDispatch, policy: RetryPolicy, result: Any) -> None:
         try:
