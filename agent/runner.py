@@ -23,7 +23,7 @@ from sasfleet.shared.errors import NonRetryableError, PublishFailed, RetryAfter
 from sasfleet.shared.messages.codec import DECODE_ERRORS, dispatch_decoder, encode
 from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo
-from sasfleet.shared.state.records import Finished
+from sasfleet.shared.state.records import DispatchOrder, Finished
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.statemachine import RetryPolicy
 from sasfleet.shared.telemetry import metrics, tracing
@@ -372,10 +372,24 @@ class Runner:
                 recorded.reply_to, recorded.correlation_id, recorded.message(d.job_id)
             )
             return
+        if isinstance(recorded, DispatchOrder):  # an earlier step: the next one goes out
+            await self._publish_next(d, recorded)
+            return
         try:
             await self.fleet.announce(d.job_id, d.step, d.attempt, d.lease)
         except PublishFailed:
             log.warning("could not announce %s step %d; the supervisor will", d.job_id, d.step)
+
+    async def _publish_next(self, d: StepDispatch, order: DispatchOrder) -> None:
+        """Publish the dispatch of the step the record advanced the job to. Until it is
+        settled, the recorded step stays due, and a supervisor publishes the dispatch in
+        this agent's place if it never confirms it here."""
+        try:
+            await self.fleet.dispatch(order)
+        except PublishFailed:
+            log.warning("could not dispatch %s step %d; the supervisor will", d.job_id, order.step)
+            return
+        await self.store.settle_advance(d.job_id, d.step)
 
 
 def _observe_queue_wait(task: str, message: Delivery) -> None:

@@ -16,7 +16,7 @@ from sasfleet.shared.telemetry.logs import job_scope
 log = logging.getLogger(__name__)
 
 # The history entries a recovery writes, and the reasons recover.lua gives in them.
-_RECOVERY_EVENTS = frozenset({"redispatch", "timeout_fail", "reannounce", "cancel"})
+_RECOVERY_EVENTS = frozenset({"redispatch", "timeout_fail", "reannounce", "cancel", "republish"})
 _REASONS = (
     ("schedule-to-close", "schedule_to_close_timeout"),
     ("start-to-close", "start_to_close_timeout"),
@@ -27,8 +27,8 @@ _REASONS = (
 
 def recovery_kind(event: str, detail: str | None) -> str:
     """The kind of a recovery from its history entry (the `kind` label and span name)."""
-    if event == "reannounce":
-        return "reannounce"
+    if event in ("reannounce", "republish"):
+        return event
     if event == "cancel":
         return "cancelled"
     for prefix, kind in _REASONS:
@@ -92,7 +92,7 @@ class Recovery:
             traceparent=traceparent,
             start_ns=started,
         ) as span:
-            if kind != "reannounce":
+            if kind not in ("reannounce", "republish"):
                 span.error(f"step {step} recovered: {kind}", error_type=kind)
             await self._apply(job_id, step, action)
 
@@ -100,14 +100,15 @@ class Recovery:
         # If this process dies before the publish below, the deadline that the script just
         # moved comes due again and another round repairs it.
         if isinstance(action, DispatchOrder):
+            # action.step: step + 1 when publishing the dispatch of an agent's advance
             self.redispatched += 1
             log.info(
                 "re-dispatching %s step %d as attempt %d (lease %d)",
                 job_id,
-                step,
+                action.step,
                 action.attempt,
                 action.lease,
-                extra={"job_id": job_id, "step": step, "attempt": action.attempt},
+                extra={"job_id": job_id, "step": action.step, "attempt": action.attempt},
             )
             await self.fleet.dispatch(action)
         else:
@@ -132,9 +133,10 @@ class Recovery:
         view = await self.reader.job(job_id)
         if view is None:
             return "unknown", traceparent
+        recovered = action.step if isinstance(action, DispatchOrder) else step
         for entry in reversed(view.history):
             if (
-                entry.step == step
+                entry.step == recovered
                 and entry.event in _RECOVERY_EVENTS
                 and entry.by == self.fleet.by
                 and entry.attempt in (action.attempt, None)

@@ -206,14 +206,17 @@ class StateStore:
         retry_delay_ms: int | None,
         announce_after_ms: int,
         finish_ttl_s: int | None = None,
-    ) -> bool | Finished:
+    ) -> bool | Finished | DispatchOrder:
         """Record an attempt's outcome (error given: FAILED, else SUCCEEDED), with the delay
         before the next attempt (None: no further attempt).
 
         Returns False when the lease is no longer current: the result is rejected as stale
         and the rejection is written to the job's history. With ``finish_ttl_s``, a success
-        of the job's last forward step also ends the job (kept ``finish_ttl_s``) and returns
-        its :class:`Finished` state; otherwise True: announce the outcome to a scheduler.
+        of a running job's forward step also advances the job: the last step ends it (kept
+        ``finish_ttl_s``) and returns its :class:`Finished` state; an earlier one
+        dispatches the next step and returns its :class:`DispatchOrder`, for the caller to
+        publish and then :meth:`settle_advance`. Otherwise True: announce the outcome to a
+        scheduler.
         """
         succeeded = error is None
         status = StepStatus.SUCCEEDED if succeeded else StepStatus.FAILED
@@ -239,7 +242,19 @@ class StateStore:
         )
         if reply[0] == "finished":
             return Finished(*reply[1:6])
+        if reply[0] == "dispatch":
+            return DispatchOrder.from_reply(job_id, reply)
         return bool(reply[0] == "ok")
+
+    async def settle_advance(self, job_id: str, step: int) -> None:
+        """The next step's dispatch that :meth:`record` returned for ``step`` is published:
+        the supervisor need not publish it (see ``recover``)."""
+        k = self.keys
+        await self._run(
+            "settle_advance",
+            [k.job(job_id), k.deadlines(k.bucket_of(job_id))],
+            [deadline_member(job_id, step), step],
+        )
 
     async def advance(
         self, job_id: str, step: int, lease: int, by: str, *, ttl_s: int
@@ -313,6 +328,7 @@ class StateStore:
                 _REDISPATCH_FROM,
                 _RECORDED,
                 step,
+                self.keys.step_prefix(job_id),
             ],
         )
         if reply[0] == "dispatch":

@@ -155,7 +155,7 @@ TIMEOUTS = Counter(
 RECOVERIES = Counter(
     "recoveries",
     "Supervisor recoveries by kind (lease_expired, start_to_close_timeout, "
-    "schedule_to_start_timeout, schedule_to_close_timeout, cancelled, reannounce) "
+    "schedule_to_start_timeout, schedule_to_close_timeout, cancelled, reannounce, republish) "
     "and action (redispatch, fail, announce).",
     ["kind", "action"],
     namespace=_NS,

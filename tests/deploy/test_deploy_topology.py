@@ -184,7 +184,7 @@ def script_commands(name: str) -> set[str]:
 # script must be given to a role here, and its commands to that role's ACL user.
 SCRIPTS = {
     "scheduler": {"create_job", "fail_submission", "advance", "fire_timer", "claim_due"},
-    "agent": {"claim", "renew", "record", "release"},
+    "agent": {"claim", "renew", "record", "release", "settle_advance"},
     "supervisor": {"recover", "expire_agent", "claim_due"},
     "client": {"cancel"},
 }

@@ -222,6 +222,13 @@ async def test_three_step_order_job_runs_its_steps_in_order(services, client):
         ("dispatch", 2),
         ("succeed", 2),
     ]
+    # The scheduler dispatches step 0; the agent that records a step's success dispatches
+    # the next one in the same script (and publishes it), without a scheduler round trip.
+    dispatches = [h for h in view.history if h.event == "dispatch"]
+    assert by_process(dispatches[0], "scheduler", services.scheduler.pid)
+    for entry in dispatches[1:]:
+        assert by_process(entry, "agent-default", services.agent.pid), entry
+    assert not [h for h in view.history if h.event in ("reannounce", "republish")]
     leases = [s.lease for s in view.steps]
     assert leases == sorted(leases) and len(set(leases)) == 3
     assert view.steps[0].finished_at <= view.steps[1].started_at

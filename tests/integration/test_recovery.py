@@ -8,6 +8,8 @@ from collections import Counter
 
 import pytest
 
+from sasfleet.shared.messages.submit import StepSpec
+from sasfleet.shared.state.records import DispatchOrder
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import HistoryEntry
 from sasfleet.shared.statemachine import JOB_TERMINAL
@@ -254,3 +256,54 @@ async def test_step_survives_its_agent_hanging_past_the_lease(services, client, 
         (e.event, e.attempt, e.lease, e.detail) for e in view.history
     ]
     assert (view.steps[0].attempt, outcome.result) == (2, {"slept": 4.5})
+
+
+@pytest.mark.fleet_env(SASFLEET_ADVANCE_GRACE_S="1")
+async def test_next_step_whose_agent_died_before_publishing_it_runs_as_its_first_attempt(
+    services, client, jobs, redis, settings, pools
+):
+    # Step 0 is in a pool no agent serves: this test is its agent. It claims the step and
+    # records its success, which dispatches step 1 in Redis, then "dies" before publishing
+    # that dispatch. Once the recorded step is due, the supervisor publishes it in the
+    # agent's place; step 1 runs as attempt 1 (no attempt is spent) on the real agent.
+    pools.add("by-hand")
+    job_id = await client.submit(
+        steps=[
+            StepSpec(task="echo", payload={"n": 0}, pool="by-hand", max_attempts=1),
+            StepSpec(task="echo", payload={"n": 1}, max_attempts=1),
+        ]
+    )
+    view = await jobs.until(
+        job_id, lambda v: v.steps[0].status == "dispatched", timeout=15, what="step 0 dispatched"
+    )
+    lease = view.steps[0].lease
+    store = StateStore(redis, settings.prefix)
+    assert await store.claim(job_id, 0, lease, "agent-by-hand", 10_000, 1)
+    order = await store.record(
+        job_id,
+        0,
+        lease,
+        "agent-by-hand",
+        result=b'{"n":0}',
+        retry_delay_ms=None,
+        announce_after_ms=int(settings.advance_grace_s * 1000),
+        finish_ttl_s=settings.job_ttl_s,
+    )
+    assert isinstance(order, DispatchOrder) and (order.step, order.attempt) == (1, 1)
+
+    outcome = await client.wait(job_id, timeout=30)
+
+    assert outcome.status == "succeeded" and outcome.result == {"n": 1}
+    final = await client.get(job_id)
+    assert final is not None
+    assert [(s.status, s.attempt) for s in final.steps] == [("succeeded", 1), ("succeeded", 1)]
+    h = final.history
+    (dispatch,) = events(h, "dispatch", step=1)
+    (republish,) = events(h, "republish", step=1)
+    assert dispatch.by == "agent-by-hand"
+    assert written_by(republish, "supervisor", services.supervisor.pid)
+    assert republish.lease == dispatch.lease == order.lease
+    assert republish.ts - dispatch.ts >= 1000  # the recorded step's grace ran out first
+    (claim,) = events(h, "claim", step=1)
+    assert written_by(claim, "agent-default", services.agent.pid) and claim.lease == order.lease
+    assert not events(h, "redispatch") and not events(h, "timeout_fail")

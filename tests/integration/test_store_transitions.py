@@ -84,7 +84,7 @@ class Fleet:
         step: int = 0,
         retry_delay_ms: int | None = None,
         **outcome: Any,
-    ) -> bool:
+    ) -> object:
         return await self.store.record(
             "j1",
             step,
@@ -197,28 +197,75 @@ async def test_recorded_success_then_advance_finishes_the_job_with_its_result(
     assert await fleet.advance(0, 1) == done  # a duplicate announcement changes nothing
 
 
-async def test_the_agent_ends_a_job_when_it_records_the_last_steps_success(
+async def test_the_agent_advances_a_job_when_it_records_a_steps_success(
     fleet: Fleet,
 ) -> None:
     await fleet.create(steps=2)
     assert await fleet.claim(1)
-    # Not the last step: recorded, to be announced to a scheduler as usual.
-    assert await fleet.record(1, result=b"0", finish_ttl_s=TTL_S) is True
-    order = await fleet.advance(0, 1)
-    assert isinstance(order, DispatchOrder) and order.step == 1
+    deadlines = fleet.store.keys.deadlines(fleet.store.keys.bucket_of("j1"))
+    # Not the last step: the next one is dispatched in the same script, for the agent to
+    # publish; the recorded step stays due until the agent says it published it.
+    order = await fleet.record(1, result=b"0", finish_ttl_s=TTL_S)
+    assert isinstance(order, DispatchOrder)
+    assert (order.step, order.attempt, order.task, order.payload) == (1, 1, "task1", '{"i":1}')
+    assert (await fleet.step(index=1))["status"] == "dispatched"
+    now = fleet.clock.now_ms()
+    assert await fleet.redis.zscore(deadlines, "j1|0") == now + ANNOUNCE_MS
+    assert await fleet.redis.zscore(deadlines, "j1|1") == now + DISPATCH_MS
+    await fleet.store.settle_advance("j1", 0)
+    assert await fleet.redis.zscore(deadlines, "j1|0") is None
+    assert await fleet.advance(0, 1) == order  # an announcement would hand out the same
     assert await fleet.claim(order.lease, "agent-b", step=1)
     done = await fleet.record(order.lease, "agent-b", step=1, result=b'"ok"', finish_ttl_s=TTL_S)
     assert done == Finished("succeeded", "", "", '"ok"', "")
     view = await fleet.reader.job("j1")
     assert view is not None and (view.status, view.result) == ("succeeded", "ok")
-    assert [who_what(h)[:2] for h in view.history[-2:]] == [
-        ("succeed", "agent-b"),  # the step's success...
-        ("succeed", "agent-b"),  # ...and the job's, in the same script
+    assert [who_what(h)[:2] for h in view.history if h.event != "claim"][-4:] == [
+        ("succeed", "agent-a"),  # step 0's success...
+        ("dispatch", "agent-a"),  # ...and step 1's dispatch, in the same script
+        ("succeed", "agent-b"),  # the last step's success...
+        ("succeed", "agent-b"),  # ...and the job's
     ]
-    bucket = fleet.store.keys.bucket_of("j1")
-    assert await fleet.redis.zscore(fleet.store.keys.deadlines(bucket), "j1|1") is None
+    assert await fleet.redis.zscore(deadlines, "j1|1") is None
     assert 0 < await fleet.redis.ttl(fleet.store.keys.step("j1", 1)) <= TTL_S
     assert await fleet.advance(1, order.lease) == done  # a late announcement changes nothing
+
+
+async def test_a_supervisor_publishes_the_next_dispatch_an_agent_left_unconfirmed(
+    fleet: Fleet,
+) -> None:
+    await fleet.create(steps=3, max_attempts=1)
+    assert await fleet.claim(1)
+    order = await fleet.record(1, result=b"0", finish_ttl_s=TTL_S)
+    assert isinstance(order, DispatchOrder)
+    # The agent died before its publish was confirmed: once the recorded step is due,
+    # the supervisor hands out the same first attempt, spending no attempt of it.
+    assert await fleet.recover() is None  # not due yet
+    fleet.clock.advance(ANNOUNCE_MS)
+    again = await fleet.recover()
+    assert again == order
+    assert (await fleet.events())[-1] == "republish"
+    assert await fleet.recover() is None  # not due again yet
+    # Published twice, claimed once: the job goes on with attempt 1 of step 1.
+    assert await fleet.claim(order.lease, "agent-b", step=1)
+    assert not await fleet.claim(order.lease, "agent-c", step=1)
+    fleet.clock.advance(ANNOUNCE_MS)
+    assert await fleet.recover() is None  # claimed: the repair is over
+    deadlines = fleet.store.keys.deadlines(fleet.store.keys.bucket_of("j1"))
+    assert await fleet.redis.zscore(deadlines, "j1|0") is None
+    nxt = await fleet.record(order.lease, "agent-b", step=1, result=b"1", finish_ttl_s=TTL_S)
+    assert isinstance(nxt, DispatchOrder) and (nxt.step, nxt.attempt) == (2, 1)
+
+
+async def test_a_claimed_next_step_is_not_published_again(fleet: Fleet) -> None:
+    await fleet.create(steps=2)
+    assert await fleet.claim(1)
+    order = await fleet.record(1, result=b"0", finish_ttl_s=TTL_S)
+    assert isinstance(order, DispatchOrder)
+    assert await fleet.claim(order.lease, "agent-b", step=1)  # the publish did go out
+    fleet.clock.advance(ANNOUNCE_MS)
+    assert await fleet.recover() is None  # the step moved on: nothing to repair
+    assert (await fleet.events())[-1] == "claim"
 
 
 async def test_a_cancelled_or_failing_last_step_is_left_to_the_scheduler(fleet: Fleet) -> None:

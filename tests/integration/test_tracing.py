@@ -322,7 +322,9 @@ async def test_a_three_step_job_with_a_retry_and_a_compensation_is_one_trace(
     pool = f"{settings.prefix}:{settings.prefix}.pool.default"
     events = f"{settings.prefix}:{settings.prefix}.events"
 
-    def chain_to_attempt(step: int, attempt: int) -> tuple[SpanRecord, SpanRecord, SpanRecord]:
+    def chain_to_attempt(
+        step: int, attempt: int, publisher: str = "sasfleet-scheduler"
+    ) -> tuple[SpanRecord, SpanRecord, SpanRecord]:
         """The attempt's span, the agent's process span above it and the publish above that."""
         run = attempt_span(spans, step, attempt)
         process = by_id[run.parent_id]
@@ -334,7 +336,7 @@ async def test_a_three_step_job_with_a_retry_and_a_compensation_is_one_trace(
         )
         assert process.links == [(trace_id, publish.span_id)]
         assert (publish.kind, publish.name) == (PRODUCER, f"publish {pool}")
-        assert publish.service == "sasfleet-scheduler"
+        assert publish.service == publisher
         assert publish.attr("sasfleet.job.id") == job_id
         assert publish.attr("sasfleet.step.index") == step
         assert publish.attr("sasfleet.step.attempt") == attempt
@@ -359,18 +361,11 @@ async def test_a_three_step_job_with_a_retry_and_a_compensation_is_one_trace(
     assert run0.attr("sasfleet.task.name") == "reserve_stock"
     # The handler's Redis commands nest under the attempt (claim happens before it starts).
     assert any(s.kind == CLIENT and s.parent_id == run0.span_id for s in spans)
-    # The agent announces the outcome from inside the attempt; the scheduler consumes that
-    # announcement and dispatches step 1 from inside it.
-    announce0 = one(spans, parent_id=run0.span_id, kind=PRODUCER)
-    assert announce0.name == f"publish {events}"
-    advance0 = one(spans, parent_id=announce0.span_id)
-    assert (advance0.service, advance0.kind, advance0.name) == (
-        "sasfleet-scheduler",
-        CONSUMER,
-        f"process {events}",
-    )
-    run1a, _, publish1a = chain_to_attempt(1, 1)
-    assert publish1a.parent_id == advance0.span_id
+    # The agent records step 0's success and dispatches step 1 in the same script, then
+    # publishes that dispatch from inside the attempt: no announcement, no scheduler.
+    run1a, _, publish1a = chain_to_attempt(1, 1, publisher="sasfleet-agent")
+    assert publish1a.parent_id == run0.span_id
+    assert not [s for s in spans if s.name == f"publish {events}" and s.parent_id == run0.span_id]
 
     # The failed attempt: error status, the exception recorded.
     assert run1a.name == "run charge_card"
@@ -394,7 +389,9 @@ async def test_a_three_step_job_with_a_retry_and_a_compensation_is_one_trace(
     assert run1b.status != ERROR
 
     # Step 2 fails for good; the compensations run in reverse order, each its own span.
-    run2, _, _ = chain_to_attempt(2, 1)
+    # (Dispatched by the agent that recorded step 1's second attempt, from inside it.)
+    run2, _, publish2 = chain_to_attempt(2, 1, publisher="sasfleet-agent")
+    assert publish2.parent_id == run1b.span_id
     assert (run2.name, run2.status, run2.attr("error.type")) == (
         "run ship",
         ERROR,

@@ -6,11 +6,14 @@
 -- ARGV[1] deadline member  [2] lease  [3] agent  [4] now  [5] new status  [6] result (JSON or "")
 --     [7] error (JSON or "")  [8] announce deadline (ms)  [9] allowed from (csv)  [10] step index
 --     [11] retry delay (ms; -1: no further attempt)  [12] ttl_s of a job this step ends,
---     "" for none: the agent finishes a job whose last forward step succeeded right here,
---     sparing the scheduler round trip; every other outcome is announced and advanced by a
---     scheduler as usual  [13] step key prefix (with [12])
--- Returns {"ok"}, {"finished", "succeeded", reply_to, correlation_id, result, ""}
---      or {"stale", step status, current lease}.
+--     "" for none: when a forward step of a running job succeeds, the job advances right
+--     here, sparing the scheduler round trip: the last step ends the job; an earlier one
+--     dispatches the next step, which the agent then publishes. Every other outcome is
+--     announced and advanced by a scheduler as usual  [13] step key prefix (with [12])
+-- Returns {"ok"}, {"finished", "succeeded", reply_to, correlation_id, result, ""},
+--      {"dispatch", <dispatch reply of the next step>} or {"stale", step status, lease}.
+-- After a "dispatch" the recorded step stays in the deadline set until the agent has
+-- published it (settle_advance.lua): if the agent dies first, the supervisor publishes it.
 local now = tonumber(ARGV[4])
 local step = tonumber(ARGV[10])
 redis.call('SREM', KEYS[5], ARGV[1])  -- accepted or stale, this agent is done with it
@@ -35,7 +38,16 @@ if ARGV[12] ~= '' and ARGV[5] == 'succeeded' then
   local j = redis.call('HMGET', KEYS[1], 'status', 'current', 'nsteps', 'cancel_requested',
     'reply_to', 'correlation_id', 'id', 'notify')
   local nsteps = tonumber(j[3])
-  if j[1] == 'running' and tonumber(j[2]) == step and step + 1 == nsteps and j[4] ~= '1' then
+  local advances = j[1] == 'running' and tonumber(j[2]) == step and j[4] ~= '1'
+  if advances and step + 1 < nsteps then
+    redis.call('HSET', KEYS[1], 'current', step + 1, 'updated_at', now)
+    redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])
+    local key = ARGV[13] .. (step + 1)
+    local lease = dispatch(KEYS[1], key, 1, now, j[7] .. '|' .. (step + 1), KEYS[4])
+    history(KEYS[3], now, ARGV[3], 'dispatch', step + 1, 1, lease, 'pending', 'dispatched', nil)
+    return dispatch_reply('dispatch', key, step + 1)
+  end
+  if advances and step + 1 == nsteps then
     local result = ARGV[6]
     redis.call('HSET', KEYS[1], 'status', 'succeeded', 'updated_at', now, 'finished_at', now,
       'result', result)

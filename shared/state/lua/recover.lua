@@ -3,8 +3,12 @@
 -- KEYS[1] job  KEYS[2] step  KEYS[3] history  KEYS[4] deadlines
 -- ARGV[1] deadline member  [2] now  [3] by  [4] announce deadline (ms)
 --     [5] statuses a deadline re-dispatches (csv)  [6] statuses whose outcome awaits announcing
---     [7] step index
+--     [7] step index  [8] step key prefix
 -- Returns {"not_due"}  {"gone"}  {"dispatch", <dispatch reply>}  {"announce", attempt, lease}
+-- A succeeded step whose job has moved on is one that an agent advanced (record.lua) and
+-- that stayed due because the agent did not confirm publishing the next step's dispatch:
+-- while that first attempt is unclaimed, it is handed out again (only one delivery of an
+-- attempt can claim it), without spending an attempt.
 local member, now, by = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local index = tonumber(ARGV[7])
 local score = redis.call('ZSCORE', KEYS[4], member)
@@ -15,6 +19,19 @@ local s = redis.call('HMGET', KEYS[2], 'status', 'attempt', 'max_attempts', 'lea
   'attempt_deadline', 'close_by')
 if j[1] == false or s[1] == false or allowed(TERMINAL_JOB, j[1]) or tonumber(j[2]) ~= index then
   redis.call('ZREM', KEYS[4], member)
+  if j[1] and s[1] == 'succeeded' and not allowed(TERMINAL_JOB, j[1])
+    and tonumber(j[2]) == index + 1 then
+    local key = ARGV[8] .. (index + 1)
+    local n = redis.call('HMGET', key, 'status', 'attempt', 'lease')
+    if n[1] == 'dispatched' and n[2] == '1' then
+      -- Due again later, as every recovery: if this publish is lost too, another round
+      -- repairs it; once the step is claimed, the next round finds it gone.
+      redis.call('ZADD', KEYS[4], ARGV[4], member)
+      history(KEYS[3], now, by, 'republish', index + 1, 1, tonumber(n[3]), 'dispatched',
+        'dispatched', 'the agent that advanced the job did not confirm publishing it')
+      return dispatch_reply('dispatch', key, index + 1)
+    end
+  end
   return {'gone'}
 end
 local status, attempt, max_attempts, lease = s[1], tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
