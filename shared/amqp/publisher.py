@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
+import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
@@ -24,8 +25,6 @@ from sasfleet.shared.telemetry.traceparent import TRACEPARENT
 from sasfleet.shared.telemetry.tracing import NO_SPAN, Attributes
 
 log = logging.getLogger(__name__)
-
-PERSISTENT = 2  # delivery mode: the broker writes the message to disk
 
 _TRANSIENT = (
     AMQPError,
@@ -103,7 +102,7 @@ class Publisher:
             message_headers.setdefault(TRACEPARENT, traceparent)
         properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
-            delivery_mode=PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers=message_headers or None,
             message_id=message_id,
             correlation_id=correlation_id,
