@@ -49,6 +49,14 @@ local function dispatch_reply(kind, step, index)
     redis.call('HGET', KEYS[1], 'traceparent') or ''}
 end
 
+-- The lease of a step's first attempt while no agent has claimed it, else nil: only then
+-- may a dispatch whose publish was perhaps lost be handed out again (one delivery claims).
+local function unclaimed_first_attempt(step)
+  local n = redis.call('HMGET', step, 'status', 'attempt', 'lease')
+  if n[1] == 'dispatched' and n[2] == '1' then return tonumber(n[3]) end
+  return nil
+end
+
 -- Fail a step on the spot (timeouts, cancellation); the scheduler then advances the job.
 local function fail_step(step, now, err_type, message)
   redis.call('HSET', step, 'status', 'failed', 'finished_at', now, 'retry_delay_ms', -1,

@@ -26,8 +26,7 @@ if tonumber(j[2]) ~= index then
   -- scheduler died or the broker failed before the confirm), hand it out again: only one
   -- delivery of an attempt can claim it.
   local next_key = prefix .. j[2]
-  local n = redis.call('HMGET', next_key, 'status', 'attempt')
-  if s[1] == 'succeeded' and n[1] == 'dispatched' and n[2] == '1' then
+  if s[1] == 'succeeded' and unclaimed_first_attempt(next_key) then
     return dispatch_reply('dispatch', next_key, tonumber(j[2]))
   end
   return {'stale', 'already advanced'}

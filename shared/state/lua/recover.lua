@@ -22,12 +22,12 @@ if j[1] == false or s[1] == false or allowed(TERMINAL_JOB, j[1]) or tonumber(j[2
   if j[1] and s[1] == 'succeeded' and not allowed(TERMINAL_JOB, j[1])
     and tonumber(j[2]) == index + 1 then
     local key = ARGV[8] .. (index + 1)
-    local n = redis.call('HMGET', key, 'status', 'attempt', 'lease')
-    if n[1] == 'dispatched' and n[2] == '1' then
+    local lease = unclaimed_first_attempt(key)
+    if lease then
       -- Due again later, as every recovery: if this publish is lost too, another round
       -- repairs it; once the step is claimed, the next round finds it gone.
       redis.call('ZADD', KEYS[4], ARGV[4], member)
-      history(KEYS[3], now, by, 'republish', index + 1, 1, tonumber(n[3]), 'dispatched',
+      history(KEYS[3], now, by, 'republish', index + 1, 1, lease, 'dispatched',
         'dispatched', 'the agent that advanced the job did not confirm publishing it')
       return dispatch_reply('dispatch', key, index + 1)
     end
