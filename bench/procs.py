@@ -60,7 +60,7 @@ def spawn(name: str, cmd: list[str], env: dict[str, str], workdir: Path) -> Work
     return Worker(name, proc, log_path)
 
 
-def _parents() -> dict[int, int]:
+def parent_pids() -> dict[int, int]:
     """pid -> parent pid of every process now."""
     parents = {}
     for entry in Path("/proc").iterdir():
@@ -70,6 +70,7 @@ def _parents() -> dict[int, int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
+        # The command name (field 2) is in parentheses and may hold spaces: split after it.
         parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
     return parents
 
@@ -85,7 +86,7 @@ def _start_time(pid: int) -> int:
 def tree(pid: int) -> list[int]:
     """``pid`` and all its descendants alive now."""
     children: dict[int, list[int]] = {}
-    for child, parent in _parents().items():
+    for child, parent in parent_pids().items():
         children.setdefault(parent, []).append(child)
     found, todo = [], [pid]
     while todo:

@@ -25,6 +25,7 @@ import redis
 from celery import Celery  # type: ignore[import-untyped]
 from celery.result import AsyncResult  # type: ignore[import-untyped]
 
+from bench.procs import parent_pids
 from bench.recovery_model import NOT_RECOVERED, FaultRun, now_ms
 
 SYSTEM = "Celery"
@@ -120,19 +121,8 @@ def _runs_worker_of(pid: int, name: str) -> bool:
 
 
 def child_pids(parent: int) -> set[int]:
-    """Pids whose parent is ``parent`` (from /proc/<pid>/stat)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name (field 2) is in parentheses and may hold spaces: split after it.
-        if int(stat.rpartition(")")[2].split()[1]) == parent:
-            found.add(int(entry.name))
-    return found
+    """Pids whose parent is ``parent``."""
+    return {pid for pid, ppid in parent_pids().items() if ppid == parent}
 
 
 @dataclass
