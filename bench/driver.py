@@ -111,14 +111,19 @@ async def _finish(
     )
 
 
-async def run_closed(target: Target, tracker: Tracker, spec: RunSpec) -> Measurement:
-    """e2e and multistep: every job offered at once, ``width`` submissions in flight."""
-    await _warm(target, tracker, spec)
-    groups = {
+def _cpu_groups(target: Target, spec: RunSpec) -> dict[str, list[int]]:
+    """The processes whose CPU a run counts, by kind (this process is the producer)."""
+    return {
         "producer": [os.getpid()],
         **target.process_groups(),
         **server_pids(spec.amqp_url, spec.redis_url),
     }
+
+
+async def run_closed(target: Target, tracker: Tracker, spec: RunSpec) -> Measurement:
+    """e2e and multistep: every job offered at once, ``width`` submissions in flight."""
+    await _warm(target, tracker, spec)
+    groups = _cpu_groups(target, spec)
     before = cpu_snapshot(groups)
     started = time.perf_counter()
     handles = await _submit_closed(target, tracker, range(spec.jobs), spec.steps, target.width)
@@ -148,6 +153,8 @@ async def run_open(target: Target, tracker: Tracker, spec: RunSpec) -> Measureme
     if spec.rate <= 0:
         raise ValueError("the load phase needs a rate")
     await _warm(target, tracker, spec)
+    groups = _cpu_groups(target, spec)
+    before = cpu_snapshot(groups)
     handles: list[str] = []
     lags: list[float] = []
     submitting: set[asyncio.Task[None]] = set()
@@ -170,7 +177,7 @@ async def run_open(target: Target, tracker: Tracker, spec: RunSpec) -> Measureme
     if submitting:
         await asyncio.gather(*submitting)
     offered_for = time.perf_counter() - started
-    result = await _finish(target, tracker, spec, handles, started, None, {})
+    result = await _finish(target, tracker, spec, handles, started, before, groups)
     result.offered_rate = spec.jobs / offered_for if offered_for > 0 else 0.0
     result.max_lag_ms = max(lags, default=0.0) * 1000
     return result

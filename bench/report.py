@@ -258,6 +258,7 @@ def print_all(
         console.print(drain_table(results, systems))
     if "load" in phases and load_rate > 0:
         console.print(load_table(results, systems, load_rate))
+        console.print(cpu_table(results, systems, "load"))
     if "multistep" in phases:
         console.print(multistep_table(results, systems))
     if any(s.name == "sasfleet" for s in systems) and any(s.name in PEERS for s in systems):
