@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from sasfleet.shared.config import Settings, load_settings
 from sasfleet.shared.ids import instance_id
-from sasfleet.shared.runtime import run, stop_on_signals
+from sasfleet.shared.runtime import run, stop_on_signals, stop_with_parent
 from sasfleet.shared.telemetry.logs import setup_logging
 from sasfleet.shared.telemetry.tracing import setup_tracing, shutdown_tracing
 
@@ -90,11 +90,14 @@ def service_main(
     async def runner() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
+        orphan_watch = asyncio.create_task(stop_with_parent(stop))
         try:
             await main(stop)
         except asyncio.CancelledError:
             if not stop.is_set():
                 raise
+        finally:
+            orphan_watch.cancel()
 
     try:
         run(runner())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -29,6 +30,27 @@ def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+
+# Set by LocalFleet to its own pid: a service it started stops when that process is gone.
+PARENT_PID_ENV = "SASFLEET_STOP_WITH_PARENT"
+_PARENT_CHECK_S = 1.0
+
+
+async def stop_with_parent(stop: asyncio.Event) -> None:
+    """Set ``stop`` once the process named by ``SASFLEET_STOP_WITH_PARENT`` is no longer
+    this one's parent (it died, even of SIGKILL, and the service was re-parented). Without
+    the variable, returns at once: a deployed service is supervised by its platform."""
+    parent = os.environ.get(PARENT_PID_ENV, "")
+    if not parent.isdigit():
+        return
+    while not stop.is_set():
+        if os.getppid() != int(parent):
+            log.warning("the process that started this service (%s) is gone; stopping", parent)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=_PARENT_CHECK_S)
 
 
 async def every(

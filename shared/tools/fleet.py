@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sasfleet.shared.config import Settings
+from sasfleet.shared.runtime import PARENT_PID_ENV
 
 
 @dataclass
@@ -88,6 +89,8 @@ class LocalFleet:
                 "SASFLEET_REDIS_URL": s.redis_url.get_secret_value(),
                 "SASFLEET_PREFIX": s.prefix,
                 "PYTHONUNBUFFERED": "1",
+                # Stop when this process dies, even of SIGKILL: no orphaned services.
+                PARENT_PID_ENV: str(os.getpid()),
             }
         )
         env.update(self.env)
