@@ -44,13 +44,14 @@ async def stop_with_parent(stop: asyncio.Event) -> None:
     parent = os.environ.get(PARENT_PID_ENV, "")
     if not parent.isdigit():
         return
-    while not stop.is_set():
+
+    async def check() -> bool:
         if os.getppid() != int(parent):
             log.warning("the process that started this service (%s) is gone; stopping", parent)
             stop.set()
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=_PARENT_CHECK_S)
+        return False
+
+    await every(_PARENT_CHECK_S, stop, check)
 
 
 async def every(
