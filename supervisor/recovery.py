@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 # The history entries a recovery writes, and the reasons recover.lua gives in them.
 _RECOVERY_EVENTS = frozenset({"redispatch", "timeout_fail", "reannounce", "cancel", "republish"})
+# Recoveries that repair a lost message rather than a failed step: their event is their kind,
+# and their span is not an error.
+_REPAIRS = frozenset({"reannounce", "republish"})
 _REASONS = (
     ("schedule-to-close", "schedule_to_close_timeout"),
     ("start-to-close", "start_to_close_timeout"),
@@ -27,7 +30,7 @@ _REASONS = (
 
 def recovery_kind(event: str, detail: str | None) -> str:
     """The kind of a recovery from its history entry (the `kind` label and span name)."""
-    if event in ("reannounce", "republish"):
+    if event in _REPAIRS:
         return event
     if event == "cancel":
         return "cancelled"
@@ -92,7 +95,7 @@ class Recovery:
             traceparent=traceparent,
             start_ns=started,
         ) as span:
-            if kind not in ("reannounce", "republish"):
+            if kind not in _REPAIRS:
                 span.error(f"step {step} recovered: {kind}", error_type=kind)
             await self._apply(job_id, step, action)
 
