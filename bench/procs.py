@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench.parent_death import guarded
 from sasfleet.shared.tools.cpu import broker_pids, cpu_seconds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,11 +47,12 @@ class Worker:
 def spawn(name: str, cmd: list[str], env: dict[str, str], workdir: Path) -> Worker:
     """Start ``cmd`` from the repository root (so ``bench`` and ``examples`` import), its
     output in ``workdir/<name>.log``, in a session of its own (a Ctrl-C meant for the
-    benchmark must not reach it before we stop it in order)."""
+    benchmark must not reach it before we stop it in order), and told to stop when this
+    process dies."""
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            cmd,
+            guarded(cmd),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **env},

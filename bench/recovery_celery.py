@@ -25,6 +25,7 @@ import redis
 from celery import Celery  # type: ignore[import-untyped]
 from celery.result import AsyncResult  # type: ignore[import-untyped]
 
+from bench.parent_death import guarded
 from bench.procs import parent_pids
 from bench.recovery_model import NOT_RECOVERED, FaultRun, now_ms
 
@@ -166,7 +167,7 @@ class CeleryRig:
         ]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                guarded(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         worker = Worker(name, proc, log_path)
         self.workers.append(worker)

@@ -11,6 +11,7 @@ import sys
 
 from bench.cleanup import clean_run
 from bench.model import RESULT_MARK, Measurement, RunSpec
+from bench.parent_death import guarded
 from bench.procs import REPO_ROOT
 from sasfleet.shared.config import load_settings
 from sasfleet.shared.tools.purge import purge_fleet
@@ -25,7 +26,7 @@ def child_timeout_s(spec: RunSpec) -> float:
 def run_child(spec: RunSpec) -> tuple[Measurement, str]:
     """One run in its own process; returns its measurement and its stderr."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.child", spec.to_json()],
+        guarded([sys.executable, "-m", "bench.child", spec.to_json()]),
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,5 +1,6 @@
 """Helpers for tests that run private server processes (a TLS Redis, a RabbitMQ node with
-its own users): ports, log tails, finding the server binary, stopping by PID."""
+its own users): ports, log tails, finding the server binary, stopping by PID, telling
+whether a process is gone."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie awaiting a reaper counts: it runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def tail(path: Path, chars: int = 4000) -> str:

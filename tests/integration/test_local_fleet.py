@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_support import gone
 
 from sasfleet.shared.tools.fleet import LocalFleet
 
@@ -34,15 +35,6 @@ PARENT = textwrap.dedent(
     time.sleep(600)
     """
 )
-
-
-def gone(pid: int) -> bool:
-    """Exited (a zombie awaiting a reaper counts: it runs no more)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def start_then_sigkill_parent(env: dict[str, str]) -> list[tuple[int, str, bool]]:
