@@ -61,8 +61,8 @@ class AgentService:
         try:
             await heartbeat.beat()
             consumers = [
-                await fleet.consumer(fleet.names.pool(self.pool, "high"), runner.handle_high),
-                await fleet.consumer(fleet.names.pool(self.pool), runner.handle),
+                await c.consumer(fleet.names.pool(self.pool, "high"), runner.handle_high),
+                await c.consumer(fleet.names.pool(self.pool), runner.handle),
             ]
             log.info(
                 "agent %s consuming %s with %d slots (tasks: %s)",

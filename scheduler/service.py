@@ -42,8 +42,8 @@ class SchedulerService:
             intake = Intake(s, store, fleet)
             progress = Progress(s, store, fleet)
             consumers = [
-                await fleet.consumer(fleet.names.submit, intake.handle),
-                await fleet.consumer(fleet.names.events, progress.handle),
+                await c.consumer(fleet.names.submit, intake.handle),
+                await c.consumer(fleet.names.events, progress.handle),
             ]
             log.info(
                 "scheduler %s consuming %s and %s",

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from sasfleet.shared.amqp.consumer import Consumer, Handler
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.runtime import retry_until_up
@@ -22,6 +23,18 @@ class Connections:
     store: StateStore
     fleet: FleetChannel
     health: Health
+    stop: asyncio.Event
+
+    async def consumer(self, queue: str, handler: Handler) -> Consumer:
+        """A started consumer of ``queue``. A broker error while it starts is waited out
+        like an outage, not a crash: RabbitMQ 3.10 closes the whole connection with
+        INTERNAL_ERROR when a quorum queue that another process has just declared is
+        consumed before its Raft member runs (agents starting beside a dispatching
+        scheduler). The robust connection reconnects and restores the consumers already
+        started; this one is tried again."""
+        return await retry_until_up(
+            f"rabbitmq (consuming {queue})", self.stop, lambda: self.fleet.consumer(queue, handler)
+        )
 
 
 @contextlib.asynccontextmanager
@@ -67,7 +80,7 @@ async def connected(
             health.set("redis", True)
             await retry_until_up("rabbitmq", stop, lambda: fleet.open(prefetch))
             health.set("amqp", True)
-            yield Connections(StateStore(redis, s.prefix), fleet, health)
+            yield Connections(StateStore(redis, s.prefix), fleet, health, stop)
     finally:
         await fleet.close()
         await redis.aclose()

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections import Counter
 
+import aio_pika
 import pytest
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
+from sasfleet.shared.amqp.consumer import Ack, Delivery
+from sasfleet.shared.amqp.topology import Names, Topology, queue_arguments
+from sasfleet.shared.connections import connected
 from sasfleet.shared.messages.submit import StepSpec
 from sasfleet.shared.state.records import DispatchOrder
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import HistoryEntry
 from sasfleet.shared.statemachine import JOB_TERMINAL
+from sasfleet.shared.tools.purge import purge_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -307,3 +314,105 @@ async def test_next_step_whose_agent_died_before_publishing_it_runs_as_its_first
     (claim,) = events(h, "claim", step=1)
     assert written_by(claim, "agent-default", services.agent.pid) and claim.lease == order.lease
     assert not events(h, "redispatch") and not events(h, "timeout_fail")
+
+
+async def test_an_agent_refused_its_queue_at_start_waits_then_serves_it(
+    fleet, settings, names, client, eventually
+):
+    # A classic queue squats the pool queue's name, so the agent's declare is refused
+    # (PRECONDITION_FAILED): a broker error while it starts its consumers, as when RabbitMQ
+    # 3.10 answers INTERNAL_ERROR to a consume of a quorum queue just declared elsewhere.
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    channel = await connection.channel()
+    squatter = await channel.declare_queue(names.pool(settings.default_pool), durable=True)
+    agent = fleet.agent(wait=False)
+    try:
+        await eventually(
+            lambda: asyncio.to_thread(lambda: "PRECONDITION_FAILED" in agent.log()),
+            timeout=30,
+            what="the agent's queue to be refused",
+        )
+        await asyncio.sleep(1.0)  # it would have exited by now
+        assert agent.alive() and not agent.ready_file.exists(), agent.log()[-3000:]
+    finally:
+        await squatter.delete(if_unused=False, if_empty=False)
+        await connection.close()
+
+    await asyncio.to_thread(fleet.wait_ready, agent, 30.0)
+    fleet.scheduler()
+    job_id = await client.submit("echo", {"x": 1})
+    outcome = await client.wait(job_id, timeout=20)
+
+    assert outcome.succeeded and outcome.result == {"x": 1}
+    log = agent.log()
+    assert "unavailable" in log and "retrying" in log, log[-3000:]
+    view = await client.get(job_id)
+    assert view is not None
+    (claim,) = events(view.history, "claim")
+    assert written_by(claim, "agent", agent.pid)
+
+
+async def test_consumers_start_through_rabbitmqs_quorum_queue_startup_race(settings, monkeypatch):
+    # RabbitMQ 3.10 closes a consumer's whole connection with INTERNAL_ERROR when it
+    # consumes a quorum queue that another connection has declared but whose Raft member
+    # is not running yet (an agent crashed of it at start in a drain benchmark). The bind
+    # between a service's declare and its consume shuts that window on an idle broker, so
+    # the test skips the bind, as a busy broker's delay would; the queue is still the
+    # fleet's (same arguments), and messages go to it through the default exchange.
+    async def declare_without_bind(self: Topology, name: str) -> AbstractQueue:
+        if name not in self._queues:
+            arguments = queue_arguments(self.names)
+            self._queues[name] = await self.channel.declare_queue(
+                name, durable=True, arguments=arguments
+            )
+        return self._queues[name]
+
+    monkeypatch.setattr(Topology, "queue", declare_without_bind)
+    stop = asyncio.Event()
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def handle(delivery: Delivery) -> Ack:
+        await got.put(delivery.body)
+        return Ack()
+
+    url = settings.amqp_url.get_secret_value()
+    # Two connections that race the service's consumer, then one that publishes.
+    others = [await aio_pika.connect(url) for _ in range(3)]
+    pools = [f"race{i}" for i in range(15)]
+    names = [Names(settings.prefix).pool(pool) for pool in pools]
+    arguments = queue_arguments(Names(settings.prefix))
+
+    channels = [await other.channel() for other in others[:2]]
+
+    async def refuse(message: AbstractIncomingMessage) -> None:
+        await message.nack(requeue=True)
+
+    async def declare(i: int, name: str, consume: bool) -> None:
+        with contextlib.suppress(aio_pika.exceptions.AMQPError):
+            if channels[i].is_closed:  # the broker closed its connection: a new one
+                others[i] = await aio_pika.connect(url)
+                channels[i] = await others[i].channel()
+            queue = await channels[i].declare_queue(name, durable=True, arguments=arguments)
+            if consume:
+                await queue.consume(refuse)
+
+    try:
+        async with connected(settings, "agent", "test-race", stop, prefetch=4) as c:
+            for name in names:
+                *_, consumer = await asyncio.gather(
+                    declare(0, name, consume=False),
+                    declare(1, name, consume=True),
+                    c.consumer(name, handle),
+                )
+                assert consumer.queue.name == name
+            for racer in others[:2]:  # their consumer would take messages too
+                await racer.close()
+            publisher = await others[2].channel()
+            for name in names:
+                await publisher.default_exchange.publish(aio_pika.Message(name.encode()), name)
+            received = {await asyncio.wait_for(got.get(), 15) for _ in names}
+            assert received == {n.encode() for n in names}
+    finally:
+        for other in others:
+            await other.close()
+        await purge_fleet(settings, pools)
