@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -22,7 +23,7 @@ def submit_schema() -> dict[str, Any]:
     definition["required"] = [f for f in definition.get("required", []) if f != "kind"]
     if not definition["required"]:
         del definition["required"]
-    return {
+    schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "SAS Fleet submit message",
         **submit,
@@ -30,6 +31,24 @@ def submit_schema() -> dict[str, Any]:
         "x-reply": reply,
         "x-batch": batch,
     }
+    normalised: dict[str, Any] = _normalise(schema)
+    return normalised
+
+
+def _normalise(node: Any) -> Any:
+    """The same schema whatever msgspec release made it: descriptions taken from docstrings
+    are dedented (msgspec 0.23 started to, earlier releases did not), and an optional
+    field's ``anyOf`` lists ``null`` last (msgspec 0.22 reversed the order)."""
+    if isinstance(node, list):
+        return [_normalise(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _normalise(value) for key, value in node.items()}
+    if isinstance(out.get("description"), str):
+        out["description"] = inspect.cleandoc(out["description"])
+    if isinstance(out.get("anyOf"), list):
+        out["anyOf"] = sorted(out["anyOf"], key=lambda branch: branch == {"type": "null"})
+    return out
 
 
 def submit_schema_json() -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sasfleet.shared.messages.schema import submit_schema, submit_schema_json
+from sasfleet.shared.messages.schema import _normalise, submit_schema, submit_schema_json
 from sasfleet.shared.messages.submit import SCHEMA_VERSION
 
 pytestmark = pytest.mark.unit
@@ -117,3 +117,20 @@ def test_readme_embeds_the_generated_submit_schema() -> None:
     assert fenced.group(1) == submit_schema_json(), (
         "README schema drifted: regenerate it from submit_schema_json()"
     )
+
+
+def test_schema_does_not_depend_on_how_msgspec_formats_docstrings_or_unions() -> None:
+    # msgspec 0.18-0.21 keep a docstring's indentation and list `null` first in an optional
+    # field's anyOf; 0.22 reversed the union, 0.23 dedents. The generator normalises both.
+    raw = {
+        "description": "First line\n    second line.",
+        "properties": {"x": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/X"}]}},
+    }
+    assert _normalise(raw) == {
+        "description": "First line\nsecond line.",
+        "properties": {"x": {"anyOf": [{"$ref": "#/$defs/X"}, {"type": "null"}]}},
+    }
+    text = submit_schema_json()
+    assert "\\n    " not in text
+    for union in re.findall(r'"anyOf": \[(.*?)\]', json.dumps(submit_schema())):
+        assert '"null"' not in union or union.endswith('{"type": "null"}')
