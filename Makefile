@@ -10,15 +10,28 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
+# The application installs exactly what uv.lock records (`uv sync --frozen`), the same
+# versions on every machine, in CI and in the image; `make lock` moves them on purpose.
+# uv itself is in the lock's dev group: bootstrapped once with pip, then kept by the sync.
+UV := $(BIN)/uv
+UV_VERSION = $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"$$/\1/p;}' uv.lock)
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
 # Strict editable installs link each file, so a new module needs a reinstall: the
 # package folders' mtimes (which change when files are added) are prerequisites too.
 PACKAGE_DIRS := $(wildcard scheduler agent supervisor shared shared/*/ shared/state/lua)
 
-$(STAMP): pyproject.toml $(PACKAGE_DIRS)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# strict editable mode: the package-dir mapping stays visible to mypy
-	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+# A venv without pip (ensurepip alone takes ~10 s here), uv put in it by the Python's own
+# pip; where that Python has no pip module, the venv gets one first.
+$(UV):
+	$(PYTHON) -m venv --without-pip $(VENV)
+	$(PYTHON) -m pip --python $(BIN)/python install --quiet uv==$(UV_VERSION) \
+		|| { echo "installing pip into $(VENV) first"; $(PYTHON) -m venv $(VENV) \
+		&& $(BIN)/pip install --quiet uv==$(UV_VERSION); }
+
+$(STAMP): pyproject.toml uv.lock $(PACKAGE_DIRS) | $(UV)
+	$(UV) sync --frozen --quiet --reinstall-package sasfleet
+	rm -f $(PEERS)
 	touch $(STAMP)
 
 venv: $(STAMP) ## Create the virtual environment and install the project
@@ -31,6 +44,19 @@ demo: $(STAMP) services ## The main job: 1,000+ jobs through all three services,
 
 test: $(STAMP) services ## Run every test (unit and integration) against real RabbitMQ and Redis
 	$(BIN)/pytest
+
+# Not in CI: the same suite in a second environment holding the newest releases that
+# pyproject.toml's ranges allow (uv.lock is not read or changed), so that an upstream
+# release that breaks us is seen before `make lock` takes it.
+LATEST := .venv-latest
+
+test-latest: services | $(UV) ## Every test against the newest releases pyproject.toml allows (not the lock)
+	rm -rf $(LATEST)
+	$(UV) venv --quiet $(LATEST)
+	VIRTUAL_ENV=$(LATEST) $(UV) pip install --quiet --refresh --upgrade --group dev -e .
+	VIRTUAL_ENV=$(LATEST) $(UV) pip list --format freeze > $(LATEST)/versions.txt
+	@echo "newest releases: $(LATEST)/versions.txt"
+	$(LATEST)/bin/pytest
 
 test-unit: $(STAMP) ## Only the fast unit tests
 	$(BIN)/pytest -m unit
@@ -54,8 +80,12 @@ bench: $(STAMP) services ## Benchmark: N one-step echo jobs through the real ser
 PEERS := $(VENV)/.peers
 
 $(PEERS): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,peers]' --config-settings editable_mode=strict
+	$(UV) sync --frozen --quiet --group peers
 	touch $(PEERS)
+
+lock: | $(UV) ## Move uv.lock to the newest releases pyproject.toml allows (then review and commit it)
+	$(UV) lock --upgrade --refresh
+	rm -f $(STAMP)
 
 bench-compare: $(PEERS) services ## SAS Fleet beside Celery, Dramatiq and taskiq; then killed and frozen workers
 	$(BIN)/python -m bench.compare
@@ -85,6 +115,6 @@ down: ## Stop and remove the containers of `make up` (the data volumes stay)
 .PHONY: up down
 
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-.PHONY: help venv services demo test test-unit lint format schema bench bench-compare bench-memory scale chaos clean
+.PHONY: help venv lock services demo test test-latest test-unit lint format schema bench bench-compare bench-memory scale chaos clean

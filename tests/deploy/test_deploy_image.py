@@ -81,13 +81,25 @@ def test_multi_stage_slim_python_base_matching_requires_python():
     assert runtime[0][1].split()[0] == "${PYTHON_IMAGE}"
 
 
-def test_runtime_installs_only_the_runtime_wheels():
-    runs = [a for k, a in instructions(DOCKERFILE) if k == "RUN"]
-    assert not [a for a in runs if ".[" in a], "no optional (dev) dependencies"
+def locked_version(package: str) -> str:
+    lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))
+    (version,) = [p["version"] for p in lock["package"] if p["name"] == package]
+    return str(version)
+
+
+def test_image_installs_exactly_the_locked_runtime_packages():
     build, runtime = stages(DOCKERFILE)[0], stages(DOCKERFILE)[-1]
-    assert any(k == "RUN" and "pip wheel" in a and a.rstrip().endswith(" .") for k, a in build)
-    installs = [a for k, a in runtime if k == "RUN" and "pip install" in a]
-    assert installs and all("--no-index" in a and "/wheels" in a for a in installs)
+    syncs = [a for k, a in build if k == "RUN" and "uv sync" in a]
+    assert syncs and all("--frozen" in a and "--no-dev" in a for a in syncs)
+    runs = [a for k, a in instructions(DOCKERFILE) if k == "RUN"]
+    assert not [a for a in runs if ".[" in a or re.search(r"pip install [^\n]*\s\.(\s|$)", a)]
+    (uv_arg,) = [a for k, a in build if k == "ARG" and a.startswith("UV_VERSION=")]
+    assert uv_arg.split("=", 1)[1] == locked_version("uv"), "the image's uv is the lock's"
+    # The runtime stage installs nothing: it takes the build stage's environment whole.
+    assert not [a for k, a in runtime if k == "RUN" and "install" in a]
+    taken = [a for k, a in runtime if k == "COPY" and "--from=build" in a]
+    assert taken == ["--from=build /opt/sasfleet /opt/sasfleet"]
+    assert env_of(runtime)["PATH"].startswith("/opt/sasfleet/bin:")
     # No sources in the runtime image: only the example task module is copied in.
     copied = [a.split()[-2] for k, a in runtime if k == "COPY" and "--from" not in a]
     assert copied == ["examples/"]
@@ -136,4 +148,4 @@ def test_dockerignore_keeps_secrets_and_clutter_out_of_the_context():
     }
     assert {".git", ".venv", "tests", ".env", "deploy"} <= ignored
     # What the build needs stays in: pyproject.toml's readme and the package folders.
-    assert not ignored & {"README.md", "pyproject.toml", "shared", "examples"}
+    assert not ignored & {"README.md", "pyproject.toml", "uv.lock", "shared", "examples"}
