@@ -19,7 +19,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 # Strict editable installs link each file, so a new module needs a reinstall: the
 # package folders' mtimes (which change when files are added) are prerequisites too.
-PACKAGE_DIRS := $(wildcard scheduler agent supervisor shared shared/*/ shared/state/lua)
+PACKAGE_DIRS := $(wildcard api scheduler agent supervisor shared shared/*/ shared/state/lua cli tools examples)
 
 # A venv without pip (ensurepip alone takes ~10 s here), uv put in it by the Python's own
 # pip; where that Python has no pip module, the venv gets one first.

@@ -37,7 +37,7 @@ def agent() -> None:
 )
 @common_options
 def run(module, pool, concurrency, grace, settings, ready_file, log_level):  # type: ignore[no-untyped-def]
-    """Run an agent for the tasks that MODULE registers (e.g. examples.tasks)."""
+    """Run an agent for the tasks that MODULE registers (e.g. sasfleet.examples.tasks)."""
     if "" not in sys.path:
         sys.path.insert(0, "")  # task modules are found from the working directory
     try:

@@ -111,7 +111,7 @@ def load_registry(module_name: str) -> Registry:
     merged = Registry()
     for registry in found:
         if not isinstance(registry, Registry):
-            raise ConfigError(f"{module_name!r} is not a sasfleet.agent.Registry")
+            raise ConfigError(f"{module_name!r} is not a sasfleet.Registry")
         for task in registry.tasks.values():
             if task.name in merged.tasks:
                 raise ConfigError(f"task {task.name!r} is registered twice in {module_name!r}")

@@ -24,10 +24,10 @@ from rich.table import Table
 
 from sasfleet.shared.client import Client
 from sasfleet.shared.config import Settings, load_settings
-from sasfleet.shared.tools.bench import echo_jobs
-from sasfleet.shared.tools.fleet import LocalFleet, ServiceProcess
-from sasfleet.shared.tools.purge import purge_fleet
-from sasfleet.shared.tools.workload import run_workload
+from sasfleet.tools.bench import echo_jobs
+from sasfleet.tools.fleet import LocalFleet, ServiceProcess
+from sasfleet.tools.purge import purge_fleet
+from sasfleet.tools.workload import run_workload
 
 ROLES = ("agent", "scheduler", "supervisor")
 

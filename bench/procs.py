@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.parent_death import guarded
-from sasfleet.shared.tools.cpu import broker_pids, cpu_seconds
+from sasfleet.tools.cpu import broker_pids, cpu_seconds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,15 +21,15 @@ from sasfleet.shared.config import Settings
 from sasfleet.shared.errors import JobTimeout
 from sasfleet.shared.messages.submit import SubmitJob
 from sasfleet.shared.state.views import JobView
-from sasfleet.shared.tools.fleet import LocalFleet, ServiceProcess
-from sasfleet.shared.tools.purge import purge_fleet
+from sasfleet.tools.fleet import LocalFleet, ServiceProcess
+from sasfleet.tools.purge import purge_fleet
 
 SYSTEM = "SAS Fleet"
 FAULTS = {"SIGKILL agent": signal.SIGKILL, "SIGSTOP agent": signal.SIGSTOP}
 
 
 def sleep_jobs(n: int, work_s: float) -> list[SubmitJob]:
-    """One-step jobs whose step sleeps ``work_s`` (the `sleep` task of examples.tasks)."""
+    """One-step jobs whose step sleeps ``work_s`` (the `sleep` task of sasfleet.examples.tasks)."""
     return [SubmitJob(task="sleep", payload={"seconds": work_s}) for _ in range(n)]
 
 

@@ -14,7 +14,7 @@ from bench.model import RESULT_MARK, Measurement, RunSpec
 from bench.parent_death import guarded
 from bench.procs import REPO_ROOT
 from sasfleet.shared.config import load_settings
-from sasfleet.shared.tools.purge import purge_fleet
+from sasfleet.tools.purge import purge_fleet
 
 
 def child_timeout_s(spec: RunSpec) -> float:

@@ -21,8 +21,8 @@ from bench.tracker import Tracker
 from sasfleet.shared.client import Client
 from sasfleet.shared.config import Settings, load_settings
 from sasfleet.shared.messages.submit import StepSpec, SubmitJob
-from sasfleet.shared.tools.fleet import LocalFleet, ServiceProcess
-from sasfleet.shared.tools.purge import purge_fleet
+from sasfleet.tools.fleet import LocalFleet, ServiceProcess
+from sasfleet.tools.purge import purge_fleet
 
 # As bench_once: a failed attempt is retried quickly (no echo fails; it only matters if
 # something goes wrong, and then the run should not idle in back-off).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from sasfleet.shared.tools.workload import percentile
+from sasfleet.cli.stats import percentile
 
 
 def latency_summary(latencies_s: Sequence[float]) -> tuple[float, float, float]:

@@ -34,11 +34,11 @@ from sasfleet.shared.client import Client
 from sasfleet.shared.config import ENV_PREFIX, Settings, load_settings, mask_url
 from sasfleet.shared.state.keys import Keys
 from sasfleet.shared.state.views import JobView
-from sasfleet.shared.tools.fleet import LocalFleet, ServiceProcess
-from sasfleet.shared.tools.purge import purge_fleet
+from sasfleet.tools.fleet import LocalFleet, ServiceProcess
+from sasfleet.tools.purge import purge_fleet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The example task module lives at the repository root (agents import it from their cwd).
+# The benchmark harness (`bench/`) is a folder of the repository, not of the package.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -194,18 +194,18 @@ def start_together(local: LocalFleet, *specs: tuple[str, tuple[str, ...]]) -> li
 
 @pytest.fixture
 def start_services(fleet: LocalFleet) -> Callable[..., list[ServiceProcess]]:
-    """``start_services(("supervisor", ()), ("agent", ("examples.tasks",)))``: all ready."""
+    """``start_services(("supervisor", ()), ("agent", (module,)))``: all ready."""
     return lambda *specs: start_together(fleet, *specs)
 
 
 @pytest.fixture
 def services(fleet: LocalFleet) -> Services:
-    """A scheduler, a supervisor and an agent (examples.tasks, 8 slots), all ready."""
+    """A scheduler, a supervisor and an agent (sasfleet.examples.tasks, 8 slots), all ready."""
     scheduler, supervisor, agent = start_together(
         fleet,
         ("scheduler", ()),
         ("supervisor", ()),
-        ("agent", ("examples.tasks", "--concurrency", "8")),
+        ("agent", ("sasfleet.examples.tasks", "--concurrency", "8")),
     )
     return Services(fleet, scheduler, supervisor, agent)
 
@@ -427,14 +427,14 @@ class CliResult:
 
 @pytest.fixture
 def sasfleet_cli(fleet_env: dict[str, str]) -> Callable[..., Awaitable[CliResult]]:
-    """Runs ``python -m sasfleet.shared.cli ARGS`` with the test's environment."""
+    """Runs ``python -m sasfleet.cli ARGS`` with the test's environment."""
     env = {**os.environ, **fleet_env, "PYTHONUNBUFFERED": "1"}
 
     async def run(*args: str, timeout: float = 60.0) -> CliResult:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "sasfleet.shared.cli",
+            "sasfleet.cli",
             *args,
             env=env,
             cwd=REPO_ROOT,

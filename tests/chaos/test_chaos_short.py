@@ -9,21 +9,17 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from sasfleet.shared.tools.chaos import ChaosConfig, run_chaos
-from sasfleet.shared.tools.chaos_report import render
-from sasfleet.shared.tools.chaos_workload import FAULT_KINDS
+from sasfleet.tools.chaos import ChaosConfig, run_chaos
+from sasfleet.tools.chaos_report import render
+from sasfleet.tools.chaos_workload import FAULT_KINDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(420)
 async def test_short_chaos_run_loses_no_job_and_keeps_every_invariant(tmp_path: Path) -> None:
     console = Console(file=sys.stdout, width=110)
-    config = ChaosConfig(
-        jobs=300, faults=len(FAULT_KINDS), agents=3, seed=7, cwd=REPO_ROOT, keep=True
-    )
+    config = ChaosConfig(jobs=300, faults=len(FAULT_KINDS), agents=3, seed=7, keep=True)
 
     # The private services' data and every service log stay in tmp_path (pytest keeps the
     # last few runs' tmp_path), for a look after a failure.

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sasfleet.shared.config import load_settings
-from sasfleet.shared.tools.chaos_services import PrivateRabbit, PrivateRedis, port_open
+from sasfleet.tools.chaos_services import PrivateRabbit, PrivateRedis, port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

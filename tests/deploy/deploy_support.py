@@ -250,7 +250,7 @@ def assert_cli_accepts(argv: list[str], where: str) -> Any:
     Returns the leaf click context (``ctx.params`` holds the parsed values)."""
     import click
 
-    from sasfleet.shared.cli import main
+    from sasfleet.cli.main import main
 
     command: click.Command = main
     ctx: click.Context | None = None

@@ -14,13 +14,17 @@ from click.testing import CliRunner
 from deploy_support import REPO, assert_cli_accepts
 from pydantic import SecretStr
 
-from sasfleet.shared.cli import main
+from sasfleet.cli.main import main
 from sasfleet.shared.config import ENV_PREFIX, Settings
 
 pytestmark = pytest.mark.unit
 
 README = REPO / "README.md"
-SERVICE_RUNS = (["scheduler", "run"], ["supervisor", "run"], ["agent", "run", "examples.tasks"])
+SERVICE_RUNS = (
+    ["scheduler", "run"],
+    ["supervisor", "run"],
+    ["agent", "run", "sasfleet.examples.tasks"],
+)
 
 
 def section(title: str) -> str:

@@ -36,11 +36,11 @@ from deploy_support import (
     redis_password_var,
 )
 
-from examples.tasks import order_job
+from sasfleet.examples.tasks import order_job
 from sasfleet.shared.amqp.topology import Names
 from sasfleet.shared.client import Client
 from sasfleet.shared.config import Settings, load_settings
-from sasfleet.shared.tools.fleet import LocalFleet, ServiceProcess
+from sasfleet.tools.fleet import LocalFleet, ServiceProcess
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +124,7 @@ async def wait_ready(service: ServiceProcess) -> None:
 def cli(users: Users, *args: str) -> Any:
     """``sasfleet ARGS --json`` as the client user; the decoded JSON output."""
     done = subprocess.run(
-        [sys.executable, "-m", "sasfleet.shared.cli", *args],
+        [sys.executable, "-m", "sasfleet.cli", *args],
         env={**os.environ, **users.env("client"), "SASFLEET_PREFIX": PREFIX},
         cwd=REPO,
         capture_output=True,
@@ -173,7 +173,7 @@ async def test_every_service_runs_with_its_own_users(users: Users, admin_redis, 
             start(fleet, users, "scheduler"),
             start(fleet, users, "supervisor"),
             start(fleet, users, "supervisor"),
-            start(fleet, users, "agent", "examples.tasks", "--concurrency", "8"),
+            start(fleet, users, "agent", "sasfleet.examples.tasks", "--concurrency", "8"),
         ]
         for service in started:
             fleet.wait_ready(service, 60)
@@ -207,7 +207,7 @@ async def test_every_service_runs_with_its_own_users(users: Users, admin_redis, 
             await wait_claimed(client, survivor)
             agent.kill()
             fleet.wait_ready(
-                start(fleet, users, "agent", "examples.tasks", "--concurrency", "8"), 60
+                start(fleet, users, "agent", "sasfleet.examples.tasks", "--concurrency", "8"), 60
             )
 
             expected = {

@@ -7,7 +7,7 @@ import uuid
 import msgspec
 import pytest
 
-from examples.tasks import ORDER_STEPS, order_job
+from sasfleet.examples.tasks import ORDER_STEPS, order_job
 from sasfleet.shared.ids import job_id_for_key
 from sasfleet.shared.state.views import HistoryEntry
 from sasfleet.shared.statemachine import JOB_TERMINAL

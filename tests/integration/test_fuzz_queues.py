@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from sasfleet.shared.amqp.topology import QUEUE_HEADER, REASON_HEADER
 from sasfleet.shared.client import Client
-from sasfleet.shared.tools.chaos_faults import dead_letters_it
+from sasfleet.tools.chaos_faults import dead_letters_it
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

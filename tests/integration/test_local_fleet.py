@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from process_support import gone
 
-from sasfleet.shared.tools.fleet import LocalFleet
+from sasfleet.tools.fleet import LocalFleet
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ PARENT = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     from sasfleet.shared.config import load_settings
-    from sasfleet.shared.tools.fleet import LocalFleet
+    from sasfleet.tools.fleet import LocalFleet
 
     fleet = LocalFleet(load_settings(), cwd=Path(sys.argv[1]))
     services = [fleet.agent(concurrency=2), fleet.scheduler()]

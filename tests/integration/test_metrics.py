@@ -15,7 +15,7 @@ import aio_pika
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from examples.tasks import order_job
+from sasfleet.examples.tasks import order_job
 from sasfleet.shared.messages.submit import SubmitJob
 
 pytestmark = [
@@ -83,7 +83,13 @@ async def test_counters_match_a_known_workload_exactly(
         ("supervisor", ("--metrics-port", str(ports["supervisor"]))),
         (
             "agent",
-            ("examples.tasks", "--concurrency", "8", "--metrics-port", str(ports["agent"])),
+            (
+                "sasfleet.examples.tasks",
+                "--concurrency",
+                "8",
+                "--metrics-port",
+                str(ports["agent"]),
+            ),
         ),
     )
     prefix, pool = settings.prefix, f"{settings.prefix}.pool.default"

@@ -19,7 +19,7 @@ from sasfleet.shared.state.records import DispatchOrder
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import HistoryEntry
 from sasfleet.shared.statemachine import JOB_TERMINAL
-from sasfleet.shared.tools.purge import purge_fleet
+from sasfleet.tools.purge import purge_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ async def test_step_of_a_sigkilled_agent_is_redispatched_and_succeeds(
     assert first.steps[0].locked_by is not None and f"-{killed.pid}-" in first.steps[0].locked_by
 
     killed.kill()
-    replacement = fleet.agent("examples.tasks", concurrency=4)
+    replacement = fleet.agent("sasfleet.examples.tasks", concurrency=4)
 
     outcome = await client.wait(job_id, timeout=30)
     assert outcome.status == "succeeded"
@@ -142,7 +142,7 @@ async def test_racing_supervisors_recover_each_overdue_attempt_once(
         ("scheduler", ()),
         ("supervisor", ()),
         ("supervisor", ()),
-        ("agent", ("examples.tasks", "--concurrency", "25")),
+        ("agent", ("sasfleet.examples.tasks", "--concurrency", "25")),
     )
     n = 20
     job_ids = await asyncio.gather(*(client.submit("sleep", {"seconds": 3}) for _ in range(n)))
@@ -154,7 +154,7 @@ async def test_racing_supervisors_recover_each_overdue_attempt_once(
     )
 
     agent.kill()  # 20 running steps whose leases will expire together
-    fleet.agent("examples.tasks", concurrency=25)
+    fleet.agent("sasfleet.examples.tasks", concurrency=25)
 
     outcomes = await asyncio.gather(*(client.wait(j, timeout=40) for j in job_ids))
     assert [o.status for o in outcomes] == ["succeeded"] * n

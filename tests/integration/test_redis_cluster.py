@@ -127,7 +127,7 @@ async def test_fleet_on_a_redis_cluster_recovers_a_killed_agents_steps(
     )
     killed = services.agent
     killed.kill()
-    fleet.agent("examples.tasks", concurrency=16)
+    fleet.agent("sasfleet.examples.tasks", concurrency=16)
 
     for job_id in ids:
         outcome = await client.wait(job_id, timeout=60)

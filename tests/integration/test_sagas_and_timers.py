@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import msgspec
 import pytest
 
-from examples.tasks import order_job
+from sasfleet.examples.tasks import order_job
 from sasfleet.shared.cron import next_tick_ms
 from sasfleet.shared.messages.submit import RetrySpec, StepSpec
 from sasfleet.shared.state.views import HistoryEntry, JobView
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 TRIO = (
     ("scheduler", ()),
     ("supervisor", ()),
-    ("agent", ("examples.tasks", "--concurrency", "8")),
+    ("agent", ("sasfleet.examples.tasks", "--concurrency", "8")),
 )
 
 
@@ -663,7 +663,7 @@ async def test_high_priority_job_overtakes_a_backlog(start_services, client, job
     start_services(
         ("scheduler", ()),
         ("supervisor", ()),
-        ("agent", ("examples.tasks", "--concurrency", "1")),
+        ("agent", ("sasfleet.examples.tasks", "--concurrency", "1")),
     )
     backlog = await asyncio.gather(*(client.submit("sleep", {"seconds": 0.2}) for _ in range(20)))
 

@@ -39,10 +39,10 @@ from tls_support import (
     tls_refuses_plaintext,
 )
 
-from examples.tasks import order_job
+from sasfleet.examples.tasks import order_job
 from sasfleet.shared.client import Client
 from sasfleet.shared.config import load_settings
-from sasfleet.shared.tools.fleet import LocalFleet, ServiceProcess
+from sasfleet.tools.fleet import LocalFleet, ServiceProcess
 
 pytestmark = pytest.mark.integration
 
@@ -138,11 +138,11 @@ class CliResult:
 
 
 async def cli(env: dict[str, str], *args: str, timeout: float = 60.0) -> CliResult:
-    """``python -m sasfleet.shared.cli ARGS`` with exactly ``env``'s SASFLEET_* settings."""
+    """``python -m sasfleet.cli ARGS`` with exactly ``env``'s SASFLEET_* settings."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "sasfleet.shared.cli",
+        "sasfleet.cli",
         *args,
         env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
         cwd=REPO,
@@ -221,7 +221,13 @@ async def test_fleet_runs_over_tls_with_credentials_from_env_and_files(
             fleet.start("supervisor", wait=False),
             # DEBUG: the most log lines that could carry a URL.
             fleet.start(
-                "agent", "examples.tasks", "--concurrency", "8", "--log-level", "DEBUG", wait=False
+                "agent",
+                "sasfleet.examples.tasks",
+                "--concurrency",
+                "8",
+                "--log-level",
+                "DEBUG",
+                wait=False,
             ),
         ]
         for service in started:

@@ -27,7 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 
-from examples.tasks import order_job
+from sasfleet.examples.tasks import order_job
 from sasfleet.shared.messages.submit import SubmitJob
 from sasfleet.shared.telemetry.traceparent import trace_id as trace_id_of
 
@@ -177,7 +177,7 @@ def traced_trio(fleet, otlp, start_services):
     return start_services(
         ("scheduler", ()),
         ("supervisor", ()),
-        ("agent", ("examples.tasks", "--concurrency", "8")),
+        ("agent", ("sasfleet.examples.tasks", "--concurrency", "8")),
     )
 
 
@@ -486,7 +486,7 @@ async def test_a_supervisor_recovery_is_a_span_of_the_jobs_trace(
     _scheduler, _supervisor, doomed = start_services(
         ("scheduler", ()),
         ("supervisor", ()),
-        ("agent", ("examples.tasks", "--concurrency", "2")),
+        ("agent", ("sasfleet.examples.tasks", "--concurrency", "2")),
     )
     job_id = "traced-recovery-1"
     submitted = asyncio.create_task(

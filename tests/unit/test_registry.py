@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from sasfleet.agent import Registry, StepContext, TaskDef
-from sasfleet.agent.registry import load_registry
+from sasfleet.agent.context import StepContext
+from sasfleet.agent.registry import Registry, TaskDef, load_registry
 from sasfleet.shared.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -203,7 +203,7 @@ def repo_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("repo_on_path")
-@pytest.mark.parametrize("module", ["examples.tasks", "examples.tasks:tasks"])
+@pytest.mark.parametrize("module", ["sasfleet.examples.tasks", "sasfleet.examples.tasks:tasks"])
 def test_load_registry_finds_the_example_tasks(module: str) -> None:
     reg = load_registry(module)
     assert set(reg.tasks) >= EXAMPLE_TASKS
@@ -217,8 +217,8 @@ def test_load_registry_finds_the_example_tasks(module: str) -> None:
     ("module", "message"),
     [
         ("examples.no_such_module", "cannot import task module"),
-        ("examples.tasks:ORDER_STEPS", "is not a sasfleet.agent.Registry"),
-        ("examples.tasks:missing", "is not a sasfleet.agent.Registry"),
+        ("sasfleet.examples.tasks:ORDER_STEPS", "is not a sasfleet.Registry"),
+        ("sasfleet.examples.tasks:missing", "is not a sasfleet.Registry"),
         ("examples", "registers no tasks"),
     ],
 )

@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from sasfleet.shared.cli import main
+from sasfleet.cli.main import main
 from sasfleet.shared.client import JobOutcome
-from sasfleet.shared.tools import scale as scale_module
-from sasfleet.shared.tools.bench import BenchRun
-from sasfleet.shared.tools.scale import (
+from sasfleet.tools import scale as scale_module
+from sasfleet.tools.bench import BenchRun
+from sasfleet.tools.scale import (
     busy_between,
     machine_busy_seconds,
     parse_counts,
     render_table,
     scale_row,
 )
-from sasfleet.shared.tools.workload import RunResult
+from sasfleet.tools.workload import RunResult
 
 pytestmark = pytest.mark.unit
 

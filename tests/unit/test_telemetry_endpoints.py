@@ -16,12 +16,12 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from rich.console import Console
 
-from sasfleet.shared.render import render_job
+from sasfleet.cli.render import render_job
+from sasfleet.cli.top import Snapshot, render
 from sasfleet.shared.state.views import AgentView, JobView
 from sasfleet.shared.telemetry import metrics, tracing
 from sasfleet.shared.telemetry.health import Health, serving
 from sasfleet.shared.telemetry.logs import ContextFilter, JsonFormatter, TextFormatter, job_scope
-from sasfleet.shared.tools.top import Snapshot, render
 from sasfleet.supervisor.recovery import recovery_kind
 
 pytestmark = pytest.mark.unit

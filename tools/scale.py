@@ -1,7 +1,7 @@
 """``sasfleet scale``: the same workload through 1, 2, 4, 8... agent processes, measured.
 
 Each agent count runs once under a fresh prefix (purged afterwards) through
-:func:`~sasfleet.shared.tools.bench.bench_once`: one scheduler, one supervisor and N agent
+:func:`~sasfleet.tools.bench.bench_once`: one scheduler, one supervisor and N agent
 processes against the local RabbitMQ and Redis. One table row per count: throughput,
 latency, CPU seconds per 1,000 jobs and CPU utilisation (CPU seconds / wall seconds, so 1.0
 is one core busy) of every process kind, their sum against the machine's cores, and the CPU
@@ -28,11 +28,11 @@ from typing import Any
 import click
 from rich.table import Table
 
+from sasfleet.cli.render import console as make_console
 from sasfleet.shared.clihelpers import settings_options
 from sasfleet.shared.config import Settings
-from sasfleet.shared.render import console as make_console
-from sasfleet.shared.tools.bench import BenchRun, bench_once, echo_jobs
-from sasfleet.shared.tools.purge import purge_fleet
+from sasfleet.tools.bench import BenchRun, bench_once, echo_jobs
+from sasfleet.tools.purge import purge_fleet
 
 # Process kinds in table order; kinds a run measured beyond these are appended.
 KINDS = ("scheduler", "supervisor", "agent", "rabbitmq", "redis", "client")

@@ -1,6 +1,6 @@
 """The chaos suite's workload and fault plan: what is submitted, what each job must end as.
 
-Jobs run the ``chaos_step`` / ``chaos_undo`` tasks of ``examples/tasks.py``. Every outcome
+Jobs run the ``chaos_step`` / ``chaos_undo`` tasks of ``chaos_tasks``. Every outcome
 is decided by the payload, so the expected final state and result of each job is known
 before it runs: single-step and three-step jobs that succeed (some steps fail retryably on
 their first attempts), single-step jobs that fail, and three-step sagas whose second or
@@ -43,8 +43,8 @@ _MORE_FAULTS = (
 
 
 def chaos_value(n: int, step: int) -> int:
-    """What step ``step`` of job ``n`` adds to its running total (the same formula as
-    ``examples.tasks.chaos_value``; a unit test keeps the two equal)."""
+    """What step ``step`` of job ``n`` adds to the running total its results carry (the
+    handlers in ``chaos_tasks`` compute results with it, the verdict checks them)."""
     return (n * 7919 + step * 104729) % 1_000_003
 
 

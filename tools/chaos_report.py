@@ -4,15 +4,14 @@ to recover from each fault."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
 
-from sasfleet.shared.tools.chaos_check import Timings, Verdict, median
-from sasfleet.shared.tools.chaos_faults import Fault
-from sasfleet.shared.tools.chaos_workload import FAULT_KINDS, PlannedJob
+from sasfleet.tools.chaos_check import Timings, Verdict, median
+from sasfleet.tools.chaos_faults import Fault
+from sasfleet.tools.chaos_workload import FAULT_KINDS, PlannedJob
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,6 @@ class ChaosConfig:
     seed: int = 1
     kinds: tuple[str, ...] = FAULT_KINDS
     drain_timeout_s: float = 300.0
-    cwd: Path = field(default_factory=Path.cwd)  # where `examples.tasks` is importable
     keep: bool = False
 
     @property

@@ -3,7 +3,7 @@
 Starts a private RabbitMQ node and a private Redis (AOF ``appendfsync always``) on free
 ports, then two schedulers, two supervisors and N agents as real processes on them, and
 runs a workload of one-step and three-step jobs (``chaos_step``/``chaos_undo`` in
-``examples/tasks.py``, which record every execution) while it injects faults: SIGKILLed
+``chaos_tasks``, which record every execution) while it injects faults: SIGKILLed
 agents, schedulers and supervisors (each replaced), an agent SIGSTOPped past the heartbeat
 timeout and then resumed, RabbitMQ and Redis restarts (every second one a SIGKILL), and
 garbage published to every queue. Then it checks every job (``chaos_check``) and prints
@@ -33,12 +33,12 @@ from sasfleet.shared.state.connection import redis_for
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.views import JobView
 from sasfleet.shared.statemachine import JOB_TERMINAL
-from sasfleet.shared.tools.chaos_check import Records, timings, verify
-from sasfleet.shared.tools.chaos_faults import Injector
-from sasfleet.shared.tools.chaos_report import ChaosConfig, ChaosResult, render
-from sasfleet.shared.tools.chaos_services import PrivateRabbit, PrivateRedis
-from sasfleet.shared.tools.chaos_workload import FAULT_KINDS, PlannedJob, plan_faults, plan_jobs
-from sasfleet.shared.tools.fleet import LocalFleet
+from sasfleet.tools.chaos_check import Records, timings, verify
+from sasfleet.tools.chaos_faults import CHAOS_TASKS, Injector
+from sasfleet.tools.chaos_report import ChaosConfig, ChaosResult, render
+from sasfleet.tools.chaos_services import PrivateRabbit, PrivateRedis
+from sasfleet.tools.chaos_workload import FAULT_KINDS, PlannedJob, plan_faults, plan_jobs
+from sasfleet.tools.fleet import LocalFleet
 
 # The fleet's timings under chaos: a dead agent's steps are recovered within a second, a
 # hung one's after AGENT_TIMEOUT_S; a lease is 3 s.
@@ -192,7 +192,7 @@ async def run_chaos(config: ChaosConfig, console: Console, root: Path | None = N
             prefix=f"chaos-{uuid.uuid4().hex[:6]}",
             **overrides,
         )
-        fleet = LocalFleet(settings, env=dict(CHAOS_ENV), workdir=root / "logs", cwd=config.cwd)
+        fleet = LocalFleet(settings, env=dict(CHAOS_ENV), workdir=root / "logs")
         fleet.workdir.mkdir(parents=True, exist_ok=True)
         return await _run(config, settings, fleet, rabbit, redis, console)
     finally:
@@ -216,7 +216,7 @@ async def _run(
 ) -> ChaosResult:
     started = [fleet.start(role, wait=False) for role in ("scheduler",) * 2 + ("supervisor",) * 2]
     started += [
-        fleet.agent("examples.tasks", concurrency=config.concurrency, wait=False)
+        fleet.agent(CHAOS_TASKS, concurrency=config.concurrency, wait=False)
         for _ in range(config.agents)
     ]
     for service in started:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from sasfleet.shared.state.views import HistoryEntry, JobView
 from sasfleet.shared.statemachine import JOB_TERMINAL
-from sasfleet.shared.tools.chaos_faults import Fault
-from sasfleet.shared.tools.chaos_workload import PlannedJob
+from sasfleet.tools.chaos_faults import Fault
+from sasfleet.tools.chaos_workload import PlannedJob
 
 
 @dataclass
 class Records:
-    """What the chaos handlers wrote to Redis (see ``examples/tasks.py``)."""
+    """What the chaos handlers wrote to Redis (see ``chaos_tasks``)."""
 
     executions: set[str]  # "idempotency key|token|attempt|kind|agent"
     effects: dict[str, str]  # "job:step" -> "token|total"

@@ -8,8 +8,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sasfleet.cli.stats import percentile
 from sasfleet.shared.client import Client, JobOutcome
-from sasfleet.shared.messages.submit import StepSpec, SubmitJob
+from sasfleet.shared.messages.submit import SubmitJob
 
 
 @dataclass
@@ -34,15 +35,6 @@ class RunResult:
 
     def percentile_ms(self, p: float) -> float:
         return percentile(self.latencies_s, p) * 1000
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100); 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 async def run_workload(
@@ -83,34 +75,3 @@ async def run_workload(
     await asyncio.gather(*(one(jobs[i : i + size]) for i in range(0, len(jobs), size)))
     result.finished = time.perf_counter()
     return result
-
-
-ORDER_STEPS = ("reserve_stock", "charge_card", "ship")
-ORDER_COMPENSATIONS = {"reserve_stock": "release_stock", "charge_card": "refund_card"}
-
-
-def order_steps(
-    order_id: str,
-    *,
-    fail_rate: float = 0.0,
-    fail_step: str = "",
-    work_s: float = 0.0,
-    max_attempts: int = 6,
-) -> list[StepSpec]:
-    """The three-step order job of ``examples.tasks`` (reserve, charge, ship; the first two
-    compensated): steps fail ``fail_rate`` of their attempts, ``fail_step`` always."""
-    payload = {
-        "order_id": order_id,
-        "fail_rate": fail_rate,
-        "fail_step": fail_step,
-        "work_s": work_s,
-    }
-    return [
-        StepSpec(
-            task=t,
-            payload=payload,
-            max_attempts=max_attempts,
-            compensation=ORDER_COMPENSATIONS.get(t),
-        )
-        for t in ORDER_STEPS
-    ]

@@ -12,29 +12,29 @@ import random
 import sys
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sasfleet.cli.render import console as make_console
+from sasfleet.examples.tasks import order_job
 from sasfleet.shared.client import Client, JobOutcome
 from sasfleet.shared.clihelpers import settings_options
 from sasfleet.shared.config import Settings
 from sasfleet.shared.messages.submit import SubmitJob
-from sasfleet.shared.render import console as make_console
 from sasfleet.shared.state.reads import JobReader
-from sasfleet.shared.tools.fleet import LocalFleet
-from sasfleet.shared.tools.purge import purge_fleet
-from sasfleet.shared.tools.workload import RunResult, order_steps, run_workload
+from sasfleet.tools.fleet import LocalFleet
+from sasfleet.tools.purge import purge_fleet
+from sasfleet.tools.workload import RunResult, run_workload
 
 
 def demo_jobs(n: int, order_share: float, fail_rate: float, seed: int) -> list[SubmitJob]:
     """``n`` jobs: one-step echoes and three-step orders whose steps fail at ``fail_rate``."""
     rng = random.Random(seed)
     return [
-        SubmitJob(steps=order_steps(f"order-{i}", fail_rate=fail_rate, work_s=0.02))
+        SubmitJob(steps=order_job(f"order-{i}", fail_rate=fail_rate, work_s=0.02, max_attempts=6))
         if rng.random() < order_share
         else SubmitJob(task="echo", payload={"n": i})
         for i in range(n)
@@ -74,7 +74,6 @@ async def run_demo(
             "SASFLEET_RETRY_INITIAL_S": "0.1",
             "SASFLEET_ADVANCE_GRACE_S": "2",
         },
-        cwd=Path.cwd(),
     )
     console.print(
         f"[bold]SAS Fleet demo[/bold] prefix [cyan]{settings.prefix}[/cyan], "

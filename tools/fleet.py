@@ -18,6 +18,9 @@ from pathlib import Path
 from sasfleet.shared.config import Settings
 from sasfleet.shared.runtime import PARENT_PID_ENV
 
+# The example handlers (in the package): what the demo and the benchmark run.
+EXAMPLE_TASKS = "sasfleet.examples.tasks"
+
 
 @dataclass
 class ServiceProcess:
@@ -107,7 +110,7 @@ class LocalFleet:
         cmd = [
             sys.executable,
             "-m",
-            "sasfleet.shared.cli",
+            "sasfleet.cli",
             role,
             "run",
             *args,
@@ -150,7 +153,7 @@ class LocalFleet:
         return self.start("supervisor", *args, wait=wait)
 
     def agent(
-        self, module: str = "examples.tasks", *args: str, concurrency: int = 8, wait: bool = True
+        self, module: str = EXAMPLE_TASKS, *args: str, concurrency: int = 8, wait: bool = True
     ) -> ServiceProcess:
         return self.start("agent", module, "--concurrency", str(concurrency), *args, wait=wait)
 

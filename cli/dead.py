@@ -9,10 +9,10 @@ import click
 import msgspec
 from rich.table import Table
 
+from sasfleet.cli.render import console
 from sasfleet.shared.amqp.deadletters import DeadLetterQueue
 from sasfleet.shared.clihelpers import settings_options
 from sasfleet.shared.config import Settings
-from sasfleet.shared.render import console
 
 
 def _dlq(settings: Settings) -> DeadLetterQueue:

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from sasfleet.cli.stats import percentile
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.clihelpers import settings_options
 from sasfleet.shared.config import Settings
@@ -31,7 +32,6 @@ from sasfleet.shared.state.connection import redis_for
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.views import AgentView, JobView
 from sasfleet.shared.statemachine import JOB_TERMINAL, JobStatus
-from sasfleet.shared.tools.workload import percentile
 
 FAILED = frozenset({"failed", "compensated", "escalated", "cancelled"})
 THROUGHPUT_WINDOW_S = 10.0

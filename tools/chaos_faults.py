@@ -28,10 +28,10 @@ from sasfleet.shared.messages.codec import (
 )
 from sasfleet.shared.state.agents import AgentRegistry
 from sasfleet.shared.state.connection import connect_redis
-from sasfleet.shared.tools.chaos_services import PrivateRabbit, PrivateRedis
-from sasfleet.shared.tools.fleet import LocalFleet, ServiceProcess
+from sasfleet.tools.chaos_services import PrivateRabbit, PrivateRedis
+from sasfleet.tools.fleet import LocalFleet, ServiceProcess
 
-AGENT_MODULE = "examples.tasks"
+CHAOS_TASKS = "sasfleet.tools.chaos_tasks"  # the task module of the chaos agents
 
 
 def now_ms() -> int:
@@ -186,7 +186,7 @@ class Injector:
         async with self._starting:
             if role == "agent":
                 return await asyncio.to_thread(
-                    self.fleet.agent, AGENT_MODULE, concurrency=self.agent_concurrency
+                    self.fleet.agent, CHAOS_TASKS, concurrency=self.agent_concurrency
                 )
             return await asyncio.to_thread(self.fleet.start, role)
 

@@ -13,20 +13,20 @@ import platform
 import sys
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 from rich.table import Table
 
+from sasfleet.cli.render import console as make_console
+from sasfleet.examples.tasks import order_job
 from sasfleet.shared.client import Client
 from sasfleet.shared.clihelpers import settings_options
 from sasfleet.shared.config import Settings
 from sasfleet.shared.messages.submit import SubmitJob
-from sasfleet.shared.render import console as make_console
-from sasfleet.shared.tools.cpu import broker_pids, cpu_seconds
-from sasfleet.shared.tools.fleet import LocalFleet
-from sasfleet.shared.tools.purge import purge_fleet
-from sasfleet.shared.tools.workload import RunResult, order_steps, run_workload
+from sasfleet.tools.cpu import broker_pids, cpu_seconds
+from sasfleet.tools.fleet import LocalFleet
+from sasfleet.tools.purge import purge_fleet
+from sasfleet.tools.workload import RunResult, run_workload
 
 
 def echo_jobs(n: int) -> list[SubmitJob]:
@@ -40,7 +40,9 @@ def order_jobs(n: int, failure_share: float = 0.1) -> list[SubmitJob]:
     jobs = []
     for i in range(n):
         fail_step = "ship" if i % round(1 / failure_share) == 0 else ""
-        jobs.append(SubmitJob(steps=order_steps(f"o{i}", fail_rate=0.05, fail_step=fail_step)))
+        jobs.append(
+            SubmitJob(steps=order_job(f"o{i}", fail_rate=0.05, fail_step=fail_step, max_attempts=6))
+        )
     return jobs
 
 
@@ -58,7 +60,7 @@ async def bench_once(
     in_flight: int,
     batch_size: int = 1,
 ) -> BenchRun:
-    fleet = LocalFleet(settings, env={"SASFLEET_RETRY_INITIAL_S": "0.05"}, cwd=Path.cwd())
+    fleet = LocalFleet(settings, env={"SASFLEET_RETRY_INITIAL_S": "0.05"})
     try:
         fleet.scheduler()
         fleet.supervisor()
