@@ -42,26 +42,44 @@ services: ## Make RabbitMQ (5672) and Redis (6379) reachable, starting them wher
 demo: $(STAMP) services ## The main job: 1,000+ jobs through all three services, an agent killed
 	$(BIN)/sasfleet demo
 
-test: $(STAMP) services ## Run every test (unit and integration) against real RabbitMQ and Redis
-	$(BIN)/pytest
+# The test tiers, one folder each under tests/, fastest first. `make test` runs them in
+# this order and stops at the first that fails (a broken unit test shows in seconds, not
+# after the system tier's minutes).
+TIERS := unit store system deploy chaos
+run_tiers = set -e; for tier in $(TIERS); do echo "=== tests/$$tier"; $(1) tests/$$tier; done
 
-# Not in CI: the same suite in a second environment holding the newest releases that
+test: $(STAMP) services ## Every tier in turn (unit, store, system, deploy, chaos); stops at the first that fails
+	@$(call run_tiers,$(BIN)/pytest)
+
+test-unit: $(STAMP) ## Pure logic, no services (seconds)
+	$(BIN)/pytest tests/unit
+
+test-store: $(STAMP) services ## The state scripts on a real Redis and a private Redis Cluster
+	$(BIN)/pytest tests/store
+
+test-system: $(STAMP) services ## The services as real processes on real RabbitMQ and Redis
+	$(BIN)/pytest tests/system
+
+test-deploy: $(STAMP) services ## Image, compose, Kubernetes and the installed wheel, against the code
+	$(BIN)/pytest tests/deploy
+
+test-chaos: $(STAMP) services ## The chaos suite's short form (`make chaos`: the full one)
+	$(BIN)/pytest tests/chaos
+
+# Not in CI: the same tiers in a second environment holding the newest releases that
 # pyproject.toml's ranges allow (uv.lock is not read or changed), so that an upstream
 # release that breaks us is seen before `make lock` takes it.
 LATEST := .venv-latest
 
-test-latest: services | $(UV) ## Every test against the newest releases pyproject.toml allows (not the lock)
+test-latest: services | $(UV) ## Every tier against the newest releases pyproject.toml allows (not the lock)
 	rm -rf $(LATEST)
 	$(UV) venv --quiet $(LATEST)
 	VIRTUAL_ENV=$(LATEST) $(UV) pip install --quiet --refresh --upgrade --group dev -e .
 	VIRTUAL_ENV=$(LATEST) $(UV) pip list --format freeze > $(LATEST)/versions.txt
 	@echo "newest releases: $(LATEST)/versions.txt"
-	$(LATEST)/bin/pytest
+	@$(call run_tiers,$(LATEST)/bin/pytest)
 
-test-unit: $(STAMP) ## Only the fast unit tests
-	$(BIN)/pytest -m unit
-
-lint: $(STAMP) ## ruff, mypy (strict) and the import rules of CONVENTIONS.md
+lint: $(STAMP) ## ruff, ruff format, mypy --strict and the architecture's import contracts (pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -71,8 +89,8 @@ format: $(STAMP) ## Apply ruff's formatting and fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-schema: $(STAMP) ## Refresh the submit message's JSON Schema in the README
-	$(BIN)/python -m sasfleet.shared.messages.schema README.md
+schema: $(STAMP) ## Refresh the submit message's JSON Schema in docs/submit-message.md
+	$(BIN)/python -m sasfleet.shared.messages.schema docs/submit-message.md
 
 bench: $(STAMP) services ## Benchmark: N one-step echo jobs through the real services
 	$(BIN)/sasfleet bench
@@ -117,4 +135,4 @@ down: ## Stop and remove the containers of `make up` (the data volumes stay)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-.PHONY: help venv lock services demo test test-latest test-unit lint format schema bench bench-compare bench-memory scale chaos clean
+.PHONY: help venv lock services demo test test-unit test-store test-system test-deploy test-chaos test-latest lint format schema bench bench-compare bench-memory scale chaos clean

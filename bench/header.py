@@ -63,7 +63,7 @@ def print_header(
 def sasfleet_revision() -> str:
     """The commit the SAS Fleet services run from; with uncommitted changes to their code,
     a digest of those too, so that a change made while the benchmark runs shows."""
-    code = ["--", "scheduler", "agent", "supervisor", "shared", "examples"]
+    code = ["--", "api", "scheduler", "agent", "supervisor", "shared", "cli", "tools", "examples"]
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)

@@ -45,7 +45,7 @@ class Worker:
 
 
 def spawn(name: str, cmd: list[str], env: dict[str, str], workdir: Path) -> Worker:
-    """Start ``cmd`` from the repository root (so ``bench`` and ``examples`` import), its
+    """Start ``cmd`` from the repository root (so that ``bench`` imports), its
     output in ``workdir/<name>.log``, in a session of its own (a Ctrl-C meant for the
     benchmark must not reach it before we stop it in order), and told to stop when this
     process dies."""

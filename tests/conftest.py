@@ -1,6 +1,12 @@
-"""Shared fixtures of the SAS Fleet tests.
+"""Shared fixtures of the SAS Fleet tests, and the tiers.
 
-Integration fixtures run the real services as OS processes (``LocalFleet``) under a prefix
+Each folder under tests/ is a tier, and every test in it carries the tier's marker (set here
+from the folder, so the two cannot disagree): ``unit`` (pure logic, no network),
+``store`` (the state scripts on a real Redis and Redis Cluster), ``system`` (the services as
+real processes on real RabbitMQ and Redis), ``deploy`` and ``chaos``. ``make test`` runs
+them in that order and stops at the first tier that fails.
+
+System fixtures run the real services as OS processes (``LocalFleet``) under a prefix
 of their own per test, and clean up only that prefix's Redis keys and broker queues. They
 FAIL (never skip) when RabbitMQ or Redis is unreachable.
 
@@ -56,10 +62,34 @@ SERVICES_HINT = "run `make services` (or `bash deploy/services.sh`) to start the
 T = TypeVar("T")
 
 
+TIERS = ("unit", "store", "system", "deploy", "chaos")
+TESTS_DIR = Path(__file__).resolve().parent
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fleet_env(**env): extra SASFLEET_* environment for the test's services"
     )
+
+
+def tier_of(path: Path) -> str:
+    """The tier of a test file: the folder under tests/ it lives in."""
+    parts = path.resolve().relative_to(TESTS_DIR).parts
+    if len(parts) < 2 or parts[0] not in TIERS:
+        raise pytest.UsageError(f"{path}: every test lives in a tier folder, one of {TIERS}")
+    return parts[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = tier_of(item.path)
+        marked = {m.name for m in item.iter_markers() if m.name in TIERS} - {tier}
+        if marked:
+            raise pytest.UsageError(
+                f"{item.nodeid} is in tests/{tier} but marked {sorted(marked)}: "
+                "the folder is the tier"
+            )
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 # --------------------------------------------------------------------------- reachability
@@ -83,21 +113,35 @@ def _probe_amqp(url: str) -> None:
     asyncio.run(connect())
 
 
-@pytest.fixture(scope="session")
-def broker_and_redis_up() -> None:
-    """Fails the test (never skips) when RabbitMQ or Redis does not answer."""
+def _require(*needed: str) -> None:
+    """Fail the test (never skip) when one of the ``needed`` services does not answer."""
     base = load_settings()
+    probes = {
+        "Redis": (base.redis_url.get_secret_value(), _probe_redis),
+        "RabbitMQ": (base.amqp_url.get_secret_value(), _probe_amqp),
+    }
     problems = []
-    for what, url, probe in (
-        ("Redis", base.redis_url.get_secret_value(), _probe_redis),
-        ("RabbitMQ", base.amqp_url.get_secret_value(), _probe_amqp),
-    ):
+    for what in needed:
+        url, probe = probes[what]
         try:
             probe(url)
         except Exception as exc:
             problems.append(f"{what} at {mask_url(url)} is unreachable ({exc!r})")
     if problems:
         pytest.fail("; ".join(problems) + f": {SERVICES_HINT}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_up() -> None:
+    """Fails the test (never skips) when Redis does not answer (the store tier needs no
+    broker)."""
+    _require("Redis")
+
+
+@pytest.fixture(scope="session")
+def broker_and_redis_up() -> None:
+    """Fails the test (never skips) when RabbitMQ or Redis does not answer."""
+    _require("Redis", "RabbitMQ")
 
 
 # --------------------------------------------------------------------------- settings, fleet
@@ -243,7 +287,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])
-def redis_target(request: pytest.FixtureRequest, broker_and_redis_up: None) -> RedisTarget:
+def redis_target(request: pytest.FixtureRequest, redis_up: None) -> RedisTarget:
     """Runs a test once against one Redis server and once against a 3-node Redis Cluster."""
     if request.param == "redis-cluster":
         return RedisTarget(request.getfixturevalue("redis_cluster").url, cluster=True)

@@ -13,8 +13,6 @@ from sasfleet.tools.chaos import ChaosConfig, run_chaos
 from sasfleet.tools.chaos_report import render
 from sasfleet.tools.chaos_workload import FAULT_KINDS
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
-
 
 @pytest.mark.timeout(420)
 async def test_short_chaos_run_loses_no_job_and_keeps_every_invariant(tmp_path: Path) -> None:

@@ -7,13 +7,10 @@ import asyncio
 from pathlib import Path
 
 import aio_pika
-import pytest
 import redis.asyncio as aioredis
 
 from sasfleet.shared.config import load_settings
 from sasfleet.tools.chaos_services import PrivateRabbit, PrivateRedis, port_open
-
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
 async def kept_message(url: str, timeout: float = 60.0) -> bytes | None:

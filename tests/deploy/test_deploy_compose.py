@@ -29,8 +29,6 @@ from deploy_support import (
 
 from sasfleet.shared.config import Settings
 
-pytestmark = pytest.mark.unit
-
 COMPOSE = DEPLOY / "compose.yaml"
 SERVICES_ONLY = DEPLOY / "compose.services.yaml"
 FLEET = ("scheduler", "supervisor", "agent")

@@ -42,8 +42,6 @@ from sasfleet.shared.client import Client
 from sasfleet.shared.config import Settings, load_settings
 from sasfleet.tools.fleet import LocalFleet, ServiceProcess
 
-pytestmark = pytest.mark.integration
-
 PREFIX = "sasfleet"  # the definitions and ACLs are written for the default prefix
 NAMES = Names(PREFIX)
 FAST = {

@@ -10,11 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 from deploy_support import DEPLOY, REPO, assert_known_env, load_yaml_documents
 from packaging.specifiers import SpecifierSet
-
-pytestmark = pytest.mark.unit
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"

@@ -28,8 +28,6 @@ from deploy_support import (
 from sasfleet.shared.amqp.topology import Names
 from sasfleet.shared.config import Settings
 
-pytestmark = pytest.mark.unit
-
 # The oldest Kubernetes release still maintained upstream when this was written, and the
 # newest the validator knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())

@@ -33,8 +33,6 @@ from sasfleet.shared.config import Settings
 from sasfleet.shared.state.keys import Keys
 from sasfleet.shared.state.scripts import SCRIPT_NAMES
 
-pytestmark = pytest.mark.unit
-
 PREFIX = Settings.model_fields["prefix"].default
 N = Names(PREFIX)
 LUA = Path(__file__).resolve().parents[2] / "shared" / "state" / "lua"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sasfleet.shared.amqp.acks import AckPlan, plan_acks
-
-pytestmark = pytest.mark.unit
 
 
 def test_consecutive_tags_take_one_multiple_ack() -> None:

@@ -21,8 +21,6 @@ from sasfleet.shared.ids import (
 )
 from sasfleet.shared.state.keys import Keys, deadline_member, parse_deadline_member
 
-pytestmark = pytest.mark.unit
-
 K = Keys("fleet1")
 JOB = "job-42"
 JOB_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:"

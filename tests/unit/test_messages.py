@@ -15,8 +15,6 @@ from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo, JobFinished, StepRecorded
 from sasfleet.shared.messages.submit import StepSpec, SubmitJob
 
-pytestmark = pytest.mark.unit
-
 
 def submit(doc: dict[str, Any]) -> SubmitJob:
     return codec.submit_decoder.decode(json.dumps(doc).encode())

@@ -12,8 +12,6 @@ from sasfleet.agent.context import StepContext
 from sasfleet.agent.registry import Registry, TaskDef, load_registry
 from sasfleet.shared.errors import ConfigError
 
-pytestmark = pytest.mark.unit
-
 REPO_ROOT = Path(__file__).parents[2]
 EXAMPLE_TASKS = {"echo", "sleep", "fail", "reserve_stock", "charge_card", "ship"}
 

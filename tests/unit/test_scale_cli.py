@@ -23,8 +23,6 @@ from sasfleet.tools.scale import (
 )
 from sasfleet.tools.workload import RunResult
 
-pytestmark = pytest.mark.unit
-
 
 def test_agent_counts_parse_in_order() -> None:
     assert parse_counts("1,2,4,8") == (1, 2, 4, 8)

@@ -21,8 +21,6 @@ from sasfleet.shared.statemachine import (
     step_sources,
 )
 
-pytestmark = pytest.mark.unit
-
 S = StepStatus
 
 

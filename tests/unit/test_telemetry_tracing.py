@@ -21,8 +21,6 @@ from sasfleet.shared.telemetry.messaging import (
 )
 from sasfleet.shared.telemetry.traceparent import format_traceparent, is_valid, trace_id
 
-pytestmark = pytest.mark.unit
-
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
 STORED = f"00-{TRACE}-{SPAN}-01"

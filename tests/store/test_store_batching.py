@@ -16,8 +16,6 @@ from sasfleet.shared.state.connection import RedisClient
 from sasfleet.shared.state.records import NewJob, NewStep
 from sasfleet.shared.state.store import StateStore
 
-pytestmark = pytest.mark.integration
-
 
 def job(job_id: str) -> NewJob:
     return NewJob(job_id, [NewStep("echo", "default", b"{}", 3, 60_000)])

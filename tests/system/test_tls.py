@@ -44,8 +44,6 @@ from sasfleet.shared.client import Client
 from sasfleet.shared.config import load_settings
 from sasfleet.tools.fleet import LocalFleet, ServiceProcess
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 AMQP_USER = "fleet"
 # Distinctive, URL-safe passwords: any occurrence in an output is a leak, never a fluke.

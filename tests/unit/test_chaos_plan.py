@@ -21,8 +21,6 @@ from sasfleet.tools.chaos_workload import (
     plan_jobs,
 )
 
-pytestmark = pytest.mark.unit
-
 
 def test_the_job_plan_is_seeded_and_mixes_every_outcome() -> None:
     plan = plan_jobs("p", 2000, seed=3)

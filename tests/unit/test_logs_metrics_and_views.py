@@ -1,15 +1,14 @@
-"""Logs with job and trace context, the /metrics, /healthz and /readyz endpoint, metric
-helpers, how recoveries are classified, and what the CLI shows (job show, top)."""
+"""Logs with job and trace context, metric helpers, how recoveries are classified, and what
+the CLI shows (job show, top). The /metrics, /healthz and /readyz endpoints are served and
+requested in tests/system/test_health_endpoints.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
 from importlib import resources
 
 import pytest
@@ -20,11 +19,8 @@ from sasfleet.cli.render import render_job
 from sasfleet.cli.top import Snapshot, render
 from sasfleet.shared.state.views import AgentView, JobView
 from sasfleet.shared.telemetry import metrics, tracing
-from sasfleet.shared.telemetry.health import Health, serving
 from sasfleet.shared.telemetry.logs import ContextFilter, JsonFormatter, TextFormatter, job_scope
 from sasfleet.supervisor.recovery import recovery_kind
-
-pytestmark = pytest.mark.unit
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -82,85 +78,6 @@ def test_log_lines_carry_the_trace_id_of_the_current_span(
     assert span.traceparent[36:52] == line["span_id"]
     assert f"trace_id={line['trace_id']}" in text and "span_id" not in text
     assert "agent [a-1] sasfleet.test: hello" in text
-
-
-# --------------------------------------------------------------------------- endpoints
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def request(port: int, method: str, path: str, accept: str = "") -> tuple[int, str, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    extra = f"Accept: {accept}\r\n" if accept else ""
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
-    await writer.drain()
-    raw = (await reader.read()).decode()
-    writer.close()
-    head, _, body = raw.partition("\r\n\r\n")
-    status = int(head.split(" ", 2)[1])
-    content_type = next(
-        line.split(":", 1)[1].strip()
-        for line in head.split("\r\n")
-        if line.lower().startswith("content-type:")
-    )
-    return status, content_type, body
-
-
-@pytest.fixture
-def exported() -> Iterator[None]:
-    yield
-    metrics.set_exported(False)
-
-
-async def test_health_and_metrics_endpoints(exported: None) -> None:
-    health = Health("scheduler", "scheduler-1", ("redis", "amqp", "consuming"))
-    port = free_port()
-    async with serving(health, "127.0.0.1", port) as bound:
-        assert bound == port and metrics.exported()
-        status, content_type, body = await request(port, "GET", "/healthz")
-        assert (status, content_type, json.loads(body)["alive"]) == (200, "application/json", True)
-
-        status, _, body = await request(port, "GET", "/readyz")
-        assert status == 503
-        assert json.loads(body)["checks"] == {"redis": False, "amqp": False, "consuming": False}
-
-        async def up() -> bool:
-            return True
-
-        async def down() -> bool:
-            raise ConnectionError("no")
-
-        await health.probe({"redis": up, "amqp": down})
-        health.set("consuming", True)
-        assert (await request(port, "GET", "/readyz"))[0] == 503
-        await health.probe({"amqp": up})
-        status, _, body = await request(port, "GET", "/readyz")
-        assert status == 200 and json.loads(body)["ready"] is True
-
-        metrics.JOBS_SUBMITTED.inc(0)
-        status, content_type, body = await request(port, "GET", "/metrics")
-        assert status == 200 and content_type.startswith("text/plain")
-        assert "# TYPE sasfleet_jobs_submitted_total counter" in body
-        assert "sasfleet_redis_connected 1.0" in body and "sasfleet_ready 1.0" in body
-        assert "process_cpu_seconds_total" in body
-        _, content_type, body = await request(
-            port, "GET", "/metrics", accept="application/openmetrics-text; version=1.0.0"
-        )
-        assert content_type.startswith("application/openmetrics-text")
-        assert body.rstrip().endswith("# EOF")
-
-        assert (await request(port, "GET", "/nope"))[0] == 404
-        assert (await request(port, "POST", "/metrics"))[0] == 405
-        assert (await request(port, "HEAD", "/healthz"))[2] == ""
-
-
-async def test_no_port_serves_nothing() -> None:
-    async with serving(Health("agent", "a", ()), "127.0.0.1", 0) as bound:
-        assert bound == 0 and not metrics.exported()
 
 
 def test_timeouts_are_counted_by_kind_and_other_errors_ignored() -> None:

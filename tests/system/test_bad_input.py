@@ -10,8 +10,6 @@ import pytest
 
 from sasfleet.shared.amqp.topology import QUEUE_HEADER, REASON_HEADER
 
-pytestmark = pytest.mark.integration
-
 
 def reason_of(raw, message) -> str:
     return raw.header(message, REASON_HEADER) or ""

@@ -18,10 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sasfleet.examples.tasks import order_job
 from sasfleet.shared.messages.submit import SubmitJob
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.fleet_env(SASFLEET_METRICS_INTERVAL_S="0.2", SASFLEET_METRICS_HOST="127.0.0.1"),
-]
+pytestmark = pytest.mark.fleet_env(
+    SASFLEET_METRICS_INTERVAL_S="0.2", SASFLEET_METRICS_HOST="127.0.0.1"
+)
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
-"""The fleet on a three-node Redis Cluster started from ``redis-server``: every state script
-runs (each touches one slot), jobs spread over all nodes, and the services recover a killed
-agent's steps. The store's whole script suite also runs on the cluster (the
-``redis_target`` parameter of test_store_transitions.py and test_store_sagas.py)."""
+"""The state scripts on a three-node Redis Cluster started from ``redis-server``: every
+script runs (each touches one slot), jobs spread over all nodes, and agents' connections are
+seen on every node. The store's whole script suite also runs on the cluster (the
+``redis_target`` parameter of the other store tests); tests/system runs the services on it."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from sasfleet.shared.state.keys import BUCKETS, parse_deadline_member
 from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.records import DispatchOrder, Finished, NewJob, NewStep
 from sasfleet.shared.state.store import StateStore
-
-pytestmark = pytest.mark.integration
 
 JOBS = 4 * BUCKETS
 LEASE_MS, ANNOUNCE_MS = 2_000, 30_000
@@ -110,35 +108,3 @@ async def test_agent_connections_are_seen_on_every_cluster_node(
         await agent_redis.delete(f"{prefix}:{{b3}}:probe")
         await agent_redis.aclose()
     assert "agent-x" not in await registry.connected()
-
-
-@pytest.fixture
-def fleet_env(fleet_env: dict[str, str], redis_cluster: RedisClusterNodes) -> dict[str, str]:
-    """The services of these tests keep their state in the cluster."""
-    return {**fleet_env, "SASFLEET_REDIS_URL": redis_cluster.url, "SASFLEET_REDIS_CLUSTER": "true"}
-
-
-async def test_fleet_on_a_redis_cluster_recovers_a_killed_agents_steps(
-    fleet, services, client, jobs
-) -> None:
-    ids = [await client.submit("sleep", {"seconds": 1.5}) for _ in range(16)]
-    await jobs.until(
-        ids[0], lambda v: v.steps[0].status == "running", timeout=20, what="step 0 running"
-    )
-    killed = services.agent
-    killed.kill()
-    fleet.agent("sasfleet.examples.tasks", concurrency=16)
-
-    for job_id in ids:
-        outcome = await client.wait(job_id, timeout=60)
-        assert outcome.status == "succeeded", (job_id, outcome)
-    views = [await client.get(j) for j in ids]
-    redispatched = [
-        v for v in views if v is not None and any(h.event == "redispatch" for h in v.history)
-    ]
-    # The killed agent held up to 8 steps; each ran again after a supervisor redispatch.
-    assert redispatched
-    for view in redispatched:
-        (again,) = [h for h in view.history if h.event == "redispatch"]
-        assert f"-{killed.pid}-" in (again.detail or "") and again.by.startswith("supervisor-")
-        assert view.status == "succeeded" and view.steps[0].attempt == 2

@@ -28,8 +28,6 @@ from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import HistoryEntry
 from sasfleet.shared.statemachine import STEP_MOVES, Move, StepStatus
 
-pytestmark = pytest.mark.integration
-
 DISPATCH_MS, LEASE_MS, ANNOUNCE_MS, TTL_S = 5_000, 2_000, 30_000, 600
 BOOM = ErrorInfo(type="RuntimeError", message="boom", retryable=True)
 

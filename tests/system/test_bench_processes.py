@@ -11,10 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from process_support import gone
-
-pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

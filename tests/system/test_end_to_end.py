@@ -5,14 +5,11 @@ from __future__ import annotations
 import uuid
 
 import msgspec
-import pytest
 
 from sasfleet.examples.tasks import ORDER_STEPS, order_job
 from sasfleet.shared.ids import job_id_for_key
 from sasfleet.shared.state.views import HistoryEntry
 from sasfleet.shared.statemachine import JOB_TERMINAL
-
-pytestmark = pytest.mark.integration
 
 
 def events(history: list[HistoryEntry], event: str, **match: object) -> list[HistoryEntry]:

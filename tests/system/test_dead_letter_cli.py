@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-pytestmark = pytest.mark.integration
-
 
 async def test_dead_letters_are_listed_with_reasons_retried_and_purged(
     services, raw, sasfleet_cli, names, client, eventually

@@ -10,6 +10,7 @@ from collections import Counter
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from history_support import events, job_end, written_by
 
 from sasfleet.shared.amqp.consumer import Ack, Delivery
 from sasfleet.shared.amqp.topology import Names, Topology, queue_arguments
@@ -17,29 +18,10 @@ from sasfleet.shared.connections import connected
 from sasfleet.shared.messages.submit import StepSpec
 from sasfleet.shared.state.records import DispatchOrder
 from sasfleet.shared.state.store import StateStore
-from sasfleet.shared.state.views import HistoryEntry
 from sasfleet.shared.statemachine import JOB_TERMINAL
 from sasfleet.tools.purge import purge_fleet
 
-pytestmark = pytest.mark.integration
-
-
-def events(history: list[HistoryEntry], event: str, **match: object) -> list[HistoryEntry]:
-    return [
-        h for h in history if h.event == event and all(getattr(h, k) == v for k, v in match.items())
-    ]
-
-
 RETRY_EVENTS = ("redispatch", "retry")
-
-
-def job_end(history: list[HistoryEntry]) -> list[HistoryEntry]:
-    """The job's own terminal transition(s) (no step): succeed, failed, compensated..."""
-    return [h for h in history if h.step is None and h.status in JOB_TERMINAL]
-
-
-def written_by(entry: HistoryEntry, role: str, pid: int) -> bool:
-    return entry.by.startswith(f"{role}-") and f"-{pid}-" in entry.by
 
 
 async def test_failing_handler_is_retried_until_attempts_run_out(services, client):

@@ -29,7 +29,6 @@ from sasfleet.shared.amqp.topology import QUEUE_HEADER, REASON_HEADER
 from sasfleet.shared.client import Client
 from sasfleet.tools.chaos_faults import dead_letters_it
 
-pytestmark = pytest.mark.integration
 T = TypeVar("T")
 
 # --------------------------------------------------------------------------- strategies

@@ -12,12 +12,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 from process_support import gone
 
 from sasfleet.tools.fleet import LocalFleet
-
-pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,6 @@ import pytest
 from sasfleet.shared.amqp.topology import QUEUE_HEADER, REASON_HEADER
 from sasfleet.shared.messages.submit import SubmitJob
 
-pytestmark = pytest.mark.integration
-
 
 def events_of(view, event: str) -> list:
     return [h for h in view.history if h.event == event]
