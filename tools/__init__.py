@@ -1,1 +1,2 @@
-"""Operator tools built on the public API: the demo and the benchmark."""
+"""The tools that run a whole fleet on this machine: ``sasfleet demo``, ``bench``, ``scale``
+and ``chaos``, the local fleet harness they share, and the chaos suite's handlers."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -12,7 +11,6 @@ from sasfleet.agent.context import StepContext
 from sasfleet.agent.registry import Registry, TaskDef, load_registry
 from sasfleet.shared.errors import ConfigError
 
-REPO_ROOT = Path(__file__).parents[2]
 EXAMPLE_TASKS = {"echo", "sleep", "fail", "reserve_stock", "charge_card", "ship"}
 
 
@@ -195,12 +193,6 @@ async def test_context_reports_lease_from_its_check() -> None:
 # --- loading task modules -------------------------------------------------------------------
 
 
-@pytest.fixture
-def repo_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(REPO_ROOT))
-
-
-@pytest.mark.usefixtures("repo_on_path")
 @pytest.mark.parametrize("module", ["sasfleet.examples.tasks", "sasfleet.examples.tasks:tasks"])
 def test_load_registry_finds_the_example_tasks(module: str) -> None:
     reg = load_registry(module)
@@ -210,14 +202,13 @@ def test_load_registry_finds_the_example_tasks(module: str) -> None:
     assert reg.tasks["echo"].context_param is None
 
 
-@pytest.mark.usefixtures("repo_on_path")
 @pytest.mark.parametrize(
     ("module", "message"),
     [
-        ("examples.no_such_module", "cannot import task module"),
+        ("sasfleet.examples.no_such_module", "cannot import task module"),
         ("sasfleet.examples.tasks:ORDER_STEPS", "is not a sasfleet.Registry"),
         ("sasfleet.examples.tasks:missing", "is not a sasfleet.Registry"),
-        ("examples", "registers no tasks"),
+        ("sasfleet.examples", "registers no tasks"),
     ],
 )
 def test_load_registry_rejects_what_is_not_a_task_module(module: str, message: str) -> None:
