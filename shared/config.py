@@ -50,7 +50,10 @@ class Settings(BaseSettings):
         description="How long a dispatched step may wait unclaimed before it is re-dispatched.",
     )
     lease_s: float = Field(
-        10.0, gt=0, description="Lease of a running step; the agent renews it every third of it."
+        10.0,
+        gt=0,
+        description="Lease of a running step; the agent renews it every third of it, or every "
+        "heartbeat when that is sooner.",
     )
     retry_initial_s: float = Field(0.5, ge=0, description="First retry delay after a failure.")
     retry_backoff: float = Field(2.0, ge=1, description="Retry delay multiplier per attempt.")

@@ -52,7 +52,7 @@ def _normalise(node: Any) -> Any:
 
 
 def submit_schema_json() -> str:
-    """The schema as stable, pretty JSON text (what the README embeds)."""
+    """The schema as stable, pretty JSON text (what docs/submit-message.md embeds)."""
     return json.dumps(submit_schema(), indent=2, sort_keys=True)
 
 
@@ -67,11 +67,17 @@ def embed_in(text: str) -> str:
     return f"{head}{BEGIN}\n```json\n{submit_schema_json()}\n```\n{END}{tail}"
 
 
-if __name__ == "__main__":  # `make schema`: refresh the README's copy
+if __name__ == "__main__":
+    # `make schema`: python -m sasfleet.shared.messages.schema docs/submit-message.md
+    # replaces the block between the markers in that file with the current schema.
     import sys
 
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m sasfleet.shared.messages.schema FILE (docs/submit-message.md)")
     path = sys.argv[1]
     with open(path, encoding="utf-8") as fh:
-        updated = embed_in(fh.read())
+        current = fh.read()
+    if BEGIN not in current or END not in current:
+        sys.exit(f"{path} lacks the markers {BEGIN} and {END}")
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(updated)
+        fh.write(embed_in(current))

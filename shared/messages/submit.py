@@ -1,6 +1,6 @@
 """The public submit contract: what any client publishes to ``<prefix>.submit``.
 
-Versioned and documented (the README's JSON Schema is generated from these types). New
+Versioned and documented (docs/submit-message.md's JSON Schema is generated from these types). New
 fields get defaults, field types never change, and unknown fields are refused so that a
 typo is an error instead of a silently ignored option.
 """
@@ -51,7 +51,10 @@ JobId = Annotated[
         min_length=1,
         max_length=128,
         pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="Job id chosen by the client (else the AMQP message_id, else generated).",
+        description=(
+            "Job id chosen by the client (else derived from the idempotency_key, else the AMQP "
+            "message_id, else generated)."
+        ),
     ),
 ]
 IdempotencyKey = Annotated[

@@ -7,10 +7,11 @@ application that embeds the Python client does not find the fleet's series in it
 pool, queue, kind; never a job id).
 
 Which service exports what: the scheduler counts jobs (submitted, finished by status),
-retries, compensations and queue depths; agents count attempts, step durations and queue
-waits per task, stale results and agent-side timeouts; supervisors count recoveries by
-kind, lost agents and live agents per pool. Every service exports dead letters, deliveries
-by outcome, and its Redis/AMQP connection state.
+retries, compensations and queue depths; agents count the jobs they end (a last step's
+success ends its job in the agent: sum ``jobs_finished_total`` over both), attempts, step
+durations and queue waits per task, stale results and agent-side timeouts; supervisors
+count recoveries by kind, lost agents and live agents per pool. Every service exports dead
+letters, deliveries by outcome, and its Redis/AMQP connection state.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ ATTEMPTS = Counter(
 )
 STEP_DURATION = Histogram(
     "step_duration_seconds",
-    "How long a handler ran for one attempt, by task and outcome (succeeded, failed).",
+    "How long a handler ran for one attempt, by task and outcome (succeeded, failed, stopped).",
     ["task", "outcome"],
     namespace=_NS,
     registry=REGISTRY,

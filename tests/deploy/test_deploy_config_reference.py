@@ -1,6 +1,7 @@
-"""The README's configuration reference against the code: every setting of shared/config.py
-(with its default) and every flag of the service commands is in it, and nothing else; and
-`sasfleet config show` prints the effective configuration with secrets masked."""
+"""The configuration reference (docs/configuration.md) against the code: every setting of
+shared/config.py (with its default) and every flag of the service commands is in it, and
+nothing else; and `sasfleet config show` prints the effective configuration with secrets
+masked."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import re
 from typing import Any
 
 import click
-import pytest
 from click.testing import CliRunner
 from deploy_support import REPO, assert_cli_accepts
 from pydantic import SecretStr
@@ -17,9 +17,7 @@ from pydantic import SecretStr
 from sasfleet.cli.main import main
 from sasfleet.shared.config import ENV_PREFIX, Settings
 
-pytestmark = pytest.mark.unit
-
-README = REPO / "README.md"
+CONFIGURATION = REPO / "docs" / "configuration.md"
 SERVICE_RUNS = (
     ["scheduler", "run"],
     ["supervisor", "run"],
@@ -27,11 +25,10 @@ SERVICE_RUNS = (
 )
 
 
-def section(title: str) -> str:
-    text = README.read_text(encoding="utf-8")
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else None]
+def reference() -> str:
+    """The configuration page: its settings table, its flags table and its other tables
+    (whose rows name no ``SASFLEET_*`` variable or ``--flag`` in their first cell)."""
+    return CONFIGURATION.read_text(encoding="utf-8")
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -44,9 +41,9 @@ def table_rows(text: str) -> list[list[str]]:
 
 
 def documented_variables() -> dict[str, str]:
-    """``SASFLEET_*`` variable -> its default cell, from the Configuration tables."""
+    """``SASFLEET_*`` variable -> its default cell, from the configuration page's tables."""
     found = {}
-    for cells in table_rows(section("Configuration")):
+    for cells in table_rows(reference()):
         names = re.findall(r"`(SASFLEET_[A-Z0-9_]+)`", cells[0])
         if names:
             assert len(names) == 1, f"one variable per row: {cells[0]}"
@@ -55,9 +52,9 @@ def documented_variables() -> dict[str, str]:
 
 
 def documented_flags() -> dict[str, str]:
-    """``--flag`` -> its default cell, from the Configuration tables."""
+    """``--flag`` -> its default cell, from the configuration page's tables."""
     found = {}
-    for cells in table_rows(section("Configuration")):
+    for cells in table_rows(reference()):
         flag = re.match(r"`(--[a-z-]+)", cells[0])
         if flag:
             found[flag.group(1)] = cells[2]
@@ -84,27 +81,28 @@ def same_default(cell: str, value: Any) -> bool:
         return False
 
 
-def test_every_setting_is_in_the_readme_with_its_default():
+def test_every_setting_is_in_the_reference_with_its_default():
     documented = documented_variables()
     fields = {f"{ENV_PREFIX}{name.upper()}": f for name, f in Settings.model_fields.items()}
     missing = sorted(set(fields) - set(documented))
     unknown = sorted(set(documented) - set(fields))
-    assert not missing, f"settings missing from the README's Configuration table: {missing}"
-    assert not unknown, f"README documents variables that are no settings: {unknown}"
+    assert not missing, f"settings missing from docs/configuration.md: {missing}"
+    assert not unknown, f"docs/configuration.md documents variables that are no settings: {unknown}"
     for name, field in fields.items():
         assert same_default(documented[name], field.default), (
-            f"{name}: README says {documented[name]}, shared/config.py {field.default!r}"
+            f"{name}: docs/configuration.md says {documented[name]}, "
+            f"shared/config.py {field.default!r}"
         )
 
 
 def test_file_variants_are_documented():
-    assert "SASFLEET_<NAME>_FILE" in section("Configuration")
+    assert "SASFLEET_<NAME>_FILE" in reference()
 
 
 def service_options() -> dict[str, click.Option]:
     options = {}
     for argv in SERVICE_RUNS:
-        command = assert_cli_accepts(argv, "README").command
+        command = assert_cli_accepts(argv, "docs/configuration.md").command
         for param in command.params:
             if isinstance(param, click.Option):
                 for opt in param.opts:
@@ -113,13 +111,13 @@ def service_options() -> dict[str, click.Option]:
     return options
 
 
-def test_every_service_flag_is_in_the_readme_with_its_default():
+def test_every_service_flag_is_in_the_reference_with_its_default():
     documented = documented_flags()
     options = service_options()
     missing = sorted(set(options) - set(documented) - {"--help"})
     unknown = sorted(set(documented) - set(options))
-    assert not missing, f"flags missing from the README's Configuration section: {missing}"
-    assert not unknown, f"README documents flags the services do not have: {unknown}"
+    assert not missing, f"flags missing from docs/configuration.md: {missing}"
+    assert not unknown, f"docs/configuration.md documents flags the services do not have: {unknown}"
     for flag, option in options.items():
         if flag == "--help":
             continue

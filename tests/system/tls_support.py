@@ -1,4 +1,4 @@
-"""Helpers of tests/integration/test_tls.py: a throwaway CA and server certificate made with
+"""Helpers of tests/system/test_tls.py: a throwaway CA and server certificate made with
 ``openssl``, and a private TLS-only ``redis-server`` and a private RabbitMQ node with only an
 SSL listener, each on free ports of our own, each requiring a password.
 

@@ -1,4 +1,4 @@
-"""The public JSON Schema of the submit contract, and the README copy of it."""
+"""The public JSON Schema of the submit contract, and the copy in docs/submit-message.md."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import pytest
 from sasfleet.shared.messages.schema import _normalise, submit_schema, submit_schema_json
 from sasfleet.shared.messages.submit import SCHEMA_VERSION
 
-pytestmark = pytest.mark.unit
-
-README = Path(__file__).parents[2] / "README.md"
+SUBMIT_DOC = Path(__file__).parents[2] / "docs" / "submit-message.md"
 BEGIN, END = "<!-- submit-schema:begin -->", "<!-- submit-schema:end -->"
 
 
@@ -106,16 +104,16 @@ def test_schema_json_is_stable_sorted_and_equal_to_the_schema() -> None:
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True)
 
 
-def test_readme_embeds_the_generated_submit_schema() -> None:
-    assert README.is_file(), f"{README} is missing"
-    text = README.read_text(encoding="utf-8")
+def test_the_submit_message_page_embeds_the_generated_schema() -> None:
+    assert SUBMIT_DOC.is_file(), f"{SUBMIT_DOC} is missing"
+    text = SUBMIT_DOC.read_text(encoding="utf-8")
     lines = text.splitlines()
-    assert BEGIN in lines and END in lines, "README lacks the submit-schema markers"
+    assert BEGIN in lines and END in lines, f"{SUBMIT_DOC.name} lacks the submit-schema markers"
     block = "\n".join(lines[lines.index(BEGIN) + 1 : lines.index(END)])
     fenced = re.fullmatch(r"\s*```json\n(.*?)\n```\s*", block, flags=re.DOTALL)
     assert fenced, "the block between the markers must be one ```json fence"
     assert fenced.group(1) == submit_schema_json(), (
-        "README schema drifted: regenerate it from submit_schema_json()"
+        f"the schema in {SUBMIT_DOC.name} drifted: run `make schema` to regenerate it"
     )
 
 
