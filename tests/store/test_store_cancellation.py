@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from saga_support import (
+from store_support import (
     ANNOUNCE_MS,
     BOOM,
     DECLINED,

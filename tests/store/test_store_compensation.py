@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from redis_cluster_support import RedisTarget
-from saga_support import (
+from store_support import (
     BOOM,
     DECLINED,
     STUCK,

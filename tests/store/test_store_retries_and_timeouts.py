@@ -7,7 +7,7 @@ import json
 
 import pytest
 from redis_cluster_support import RedisTarget
-from saga_support import (
+from store_support import (
     BOOM,
     DISPATCH_MS,
     LEASE_MS,

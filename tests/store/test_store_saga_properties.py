@@ -11,7 +11,7 @@ from uuid import uuid4
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from saga_support import (
+from store_support import (
     BOOM,
     LEASE_MS,
     LEASING_EVENTS,

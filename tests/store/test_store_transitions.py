@@ -7,11 +7,11 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
-from uuid import uuid4
 
 import pytest
 import redis.asyncio as aioredis
 from redis_cluster_support import RedisTarget
+from store_support import scripts_on
 
 from sasfleet.shared.clock import ManualClock
 from sasfleet.shared.messages.events import ErrorInfo
@@ -112,17 +112,8 @@ class Fleet:
 
 @pytest.fixture
 async def fleet(redis_target: RedisTarget) -> AsyncIterator[Fleet]:
-    redis = redis_target.connect()
-    await redis.ping()  # fail, never skip, when Redis is missing
-    prefix, clock = f"t-{uuid4().hex[:8]}", ManualClock()
-    try:
-        yield Fleet(
-            redis, prefix, clock, StateStore(redis, prefix, clock), JobReader(redis, prefix)
-        )
-    finally:
-        async for key in redis.scan_iter(match=f"{prefix}:*"):
-            await redis.delete(key)
-        await redis.aclose()
+    async with scripts_on(redis_target, Fleet) as harness:
+        yield harness
 
 
 async def test_create_job_dispatches_step_zero_and_a_duplicate_creates_nothing(

@@ -1,12 +1,17 @@
-"""The saga harness of the store tests: a job driven through the real state scripts on
-real Redis, with time under the test's control (ManualClock): no services, no sleeps."""
+"""What the store tests share: the state scripts on a real Redis (or Redis Cluster) under a
+prefix of their own, with time under the test's control (ManualClock): no services, no
+sleeps; and the saga harness that drives a job through them."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
+from uuid import uuid4
 
 import redis.asyncio as aioredis
+from redis_cluster_support import RedisTarget
 
 from sasfleet.shared.clock import ManualClock
 from sasfleet.shared.messages.events import ErrorInfo
@@ -50,6 +55,28 @@ def saga_steps(*compensations: str) -> list[NewStep]:
 
 def of(history: list[HistoryEntry], event: str) -> list[HistoryEntry]:
     return [h for h in history if h.event == event]
+
+
+H = TypeVar("H")
+
+
+@contextlib.asynccontextmanager
+async def scripts_on(
+    target: RedisTarget, harness: Callable[[Any, str, ManualClock, StateStore, JobReader], H]
+) -> AsyncIterator[H]:
+    """``harness(redis, prefix, clock, store, reader)`` on ``target`` under a fresh prefix;
+    the prefix's keys are deleted afterwards. Fails, never skips, when Redis is missing."""
+    redis = target.connect()
+    await redis.ping()
+    prefix, clock = f"t-{uuid4().hex[:8]}", ManualClock()
+    try:
+        yield harness(
+            redis, prefix, clock, StateStore(redis, prefix, clock), JobReader(redis, prefix)
+        )
+    finally:
+        async for key in redis.scan_iter(match=f"{prefix}:*"):
+            await redis.delete(key)
+        await redis.aclose()
 
 
 @dataclass
