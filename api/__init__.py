@@ -42,23 +42,23 @@ if TYPE_CHECKING:
 _HOMES = {
     # Submitting jobs and following them
     "Client": "sasfleet.shared.client",
+    "ErrorInfo": "sasfleet.shared.messages.events",
     "JobOutcome": "sasfleet.shared.client",
     "JobView": "sasfleet.shared.state.views",
-    "ErrorInfo": "sasfleet.shared.messages.events",
     "Settings": "sasfleet.shared.config",
     "load_settings": "sasfleet.shared.config",
     # The submit contract
-    "SubmitJob": "sasfleet.shared.messages.submit",
-    "StepSpec": "sasfleet.shared.messages.submit",
     "RetrySpec": "sasfleet.shared.messages.submit",
+    "StepSpec": "sasfleet.shared.messages.submit",
+    "SubmitJob": "sasfleet.shared.messages.submit",
     # Writing task handlers
-    "Registry": "sasfleet.agent.registry",
-    "StepContext": "sasfleet.agent.context",
     "NonRetryableError": "sasfleet.shared.errors",
+    "Registry": "sasfleet.agent.registry",
     "RetryAfter": "sasfleet.shared.errors",
+    "StepContext": "sasfleet.agent.context",
     # Errors
-    "SasFleetError": "sasfleet.shared.errors",
     "JobTimeout": "sasfleet.shared.errors",
+    "SasFleetError": "sasfleet.shared.errors",
 }
 
 __all__ = [  # noqa: RUF022 (grouped by what users do, like dramatiq's, not sorted)
