@@ -81,7 +81,7 @@ async def measure(
 ) -> MemoryRun:
     """Start the fleet, warm it up, run ``jobs`` jobs in batches, sampling RSS."""
     # Finished jobs expire within the hour even if the purge below never runs.
-    fleet = LocalFleet(settings, env={"SASFLEET_JOB_TTL_S": "3600"}, cwd=Path.cwd())
+    fleet = LocalFleet(settings, env={"SASFLEET_JOB_TTL_S": "3600"})
     run = MemoryRun()
     try:
         services = {

@@ -13,7 +13,6 @@ import shutil
 import signal
 import time
 import uuid
-from pathlib import Path
 
 from bench.recovery_model import NOT_RECOVERED, FaultRun, now_ms
 from sasfleet.shared.client import Client
@@ -126,7 +125,7 @@ async def run_fault(settings: Settings, fault: str, k: int, work_s: float) -> Fa
         update={"prefix": f"{settings.prefix}-recovery-{uuid.uuid4().hex[:6]}"}
     )
     run = FaultRun(SYSTEM, fault)
-    fleet = LocalFleet(run_settings, cwd=Path.cwd())
+    fleet = LocalFleet(run_settings)
     try:
         fleet.scheduler()
         fleet.supervisor()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 
 from bench.model import RunSpec
 from bench.peers.env import payload
@@ -50,7 +49,7 @@ class SasFleetTarget:
         self.coalesce = coalesce  # Client(coalesce=...): jobs per submit message at most
         self.settings = settings_for(spec)
         self.width = spec.in_flight
-        self.fleet = LocalFleet(self.settings, env=FLEET_ENV, cwd=Path.cwd())
+        self.fleet = LocalFleet(self.settings, env=FLEET_ENV)
         self.client: Client | None = None
         self.tracker: Tracker | None = None
         self.succeeded: set[str] = set()

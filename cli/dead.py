@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
-import msgspec
 from rich.table import Table
 
+from sasfleet.cli.common import json_out, run
 from sasfleet.cli.render import console
 from sasfleet.shared.amqp.deadletters import DeadLetterQueue
 from sasfleet.shared.clihelpers import settings_options
@@ -30,25 +29,20 @@ def dead() -> None:
 @settings_options
 def dead_list(limit: int, as_json: bool, settings: Settings) -> None:
     """The oldest dead letters with their reasons (they stay in the queue)."""
-    letters = asyncio.run(_dlq(settings).peek(limit))
+    letters = run(_dlq(settings).peek(limit))
     if as_json:
-        click.echo(
-            msgspec.json.format(
-                msgspec.json.encode(
-                    [
-                        {
-                            "id": d.id,
-                            "queue": d.queue,
-                            "reason": d.reason,
-                            "by": d.by,
-                            "message_id": d.message_id,
-                            "body": d.body.decode("utf-8", "replace"),
-                        }
-                        for d in letters
-                    ]
-                ),
-                indent=2,
-            )
+        json_out(
+            [
+                {
+                    "id": d.id,
+                    "queue": d.queue,
+                    "reason": d.reason,
+                    "by": d.by,
+                    "message_id": d.message_id,
+                    "body": d.body.decode("utf-8", "replace"),
+                }
+                for d in letters
+            ]
         )
         return
     table = Table()
@@ -68,7 +62,7 @@ def dead_retry(ids: tuple[str, ...], everything: bool, settings: Settings) -> No
     """Re-publish dead letters (by id, or --all) to the queues they came from."""
     if not ids and not everything:
         raise click.UsageError("name dead-letter ids or give --all")
-    done = asyncio.run(_dlq(settings).retry(None if everything else set(ids)))
+    done = run(_dlq(settings).retry(None if everything else set(ids)))
     for d in done:
         click.echo(f"re-published {d.id} to {d.queue}")
     missing = set(ids) - {d.id for d in done}
@@ -84,4 +78,4 @@ def dead_purge(yes: bool, settings: Settings) -> None:
     """Delete every dead letter."""
     if not yes:
         click.confirm("Delete every dead-lettered message?", abort=True)
-    click.echo(f"purged {asyncio.run(_dlq(settings).purge())} dead letters")
+    click.echo(f"purged {run(_dlq(settings).purge())} dead letters")
