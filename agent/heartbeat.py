@@ -12,8 +12,9 @@ import time
 from sasfleet.agent.runner import Runner, RunningStep
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.state.agents import AgentRegistry
-from sasfleet.shared.state.store import CANCEL_REQUESTED, LEASE_LOST, StateStore
+from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.state.views import AgentView
+from sasfleet.shared.statemachine import Failure
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +54,19 @@ class Heartbeat:
         # The record outlives missed beats: supervisors judge liveness by last_beat.
         await self.agents.beat(self.view(), ttl_s=RECORD_TTL_S)
         running = list(self.runner.running.values())
-        store, lease_ms = self.runner.store, self.runner.lease_ms
-        now = time.monotonic()
+        store, now = self.runner.store, time.monotonic()
         renewals = await asyncio.gather(
-            *(self._renew(store, r, lease_ms, now) for r in running), return_exceptions=True
+            *(self._renew(store, r, now) for r in running), return_exceptions=True
         )
         for outcome in renewals:
             if isinstance(outcome, BaseException):
                 log.warning("lease renewal failed: %s", outcome)
         return False
 
-    async def _renew(self, store: StateStore, r: RunningStep, lease_ms: int, now: float) -> None:
+    async def _renew(self, store: StateStore, r: RunningStep, now: float) -> None:
         d = r.dispatch
         silent_s = now - r.context.last_heartbeat
-        if d.heartbeat_timeout_ms and silent_s * 1000 > d.heartbeat_timeout_ms:
+        if d.heartbeat_timeout_s and silent_s > d.heartbeat_timeout_s:
             log.warning(
                 "%s step %d: no heartbeat from its handler for %.1fs; stopping it",
                 d.job_id,
@@ -74,21 +74,17 @@ class Heartbeat:
                 silent_s,
                 extra={"job_id": d.job_id, "step": d.step},
             )
-            r.stop(
-                ErrorInfo(
-                    type="HeartbeatTimeout",
-                    message=f"handler silent for "
-                    f"{silent_s:.1f}s (heartbeat timeout {d.heartbeat_timeout_ms} ms)",
-                )
-            )
+            limit = d.heartbeat_timeout_s
+            message = f"handler silent for {silent_s:.1f}s (heartbeat timeout {limit:g} s)"
+            r.stop(ErrorInfo(type=Failure.HEARTBEAT_TIMEOUT, message=message))
             return
         progress, r.context.progress = r.context.progress, b""
-        answer = await store.renew(d.job_id, d.step, d.lease, lease_ms, progress)
-        if answer == LEASE_LOST and r.finishing:
+        answer = await store.renew(d.job_id, d.step, d.lease, progress)
+        if answer == "lost" and r.finishing:
             # The step's own outcome was just recorded (so it is no longer running): let the
             # runner finish announcing it instead of cancelling it half-way.
             return
-        if answer == LEASE_LOST:
+        if answer == "lost":
             log.warning(
                 "lease %d of %s step %d was taken over; dropping the step",
                 d.lease,
@@ -97,17 +93,12 @@ class Heartbeat:
                 extra={"job_id": d.job_id, "step": d.step},
             )
             r.stop(None)
-        elif answer == CANCEL_REQUESTED and not r.context.cancel_requested:
+        elif answer == "cancel_requested" and not r.context.cancel_requested:
             log.info(
                 "%s was cancelled; stopping step %d",
                 d.job_id,
                 d.step,
                 extra={"job_id": d.job_id, "step": d.step},
             )
-            r.stop(
-                ErrorInfo(
-                    type="Cancelled",
-                    message="the job was cancelled while the step ran",
-                    retryable=False,
-                )
-            )
+            message = "the job was cancelled while the step ran"
+            r.stop(ErrorInfo(type=Failure.CANCELLED, message=message, retryable=False))

@@ -13,19 +13,19 @@ from typing import Any
 import msgspec
 
 from sasfleet.agent.context import StepContext
-from sasfleet.agent.policy import fleet_policy, step_policy
 from sasfleet.agent.registry import Registry, TaskDef
 from sasfleet.agent.slots import PrioritySlots
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import DISPATCHED_AT_HEADER, FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.errors import NonRetryableError, PublishFailed, RetryAfter
+from sasfleet.shared.followups import Followups
 from sasfleet.shared.messages.codec import DECODE_ERRORS, dispatch_decoder, encode
-from sasfleet.shared.messages.dispatch import StepDispatch
+from sasfleet.shared.messages.dispatch import DispatchOrder, StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo
-from sasfleet.shared.state.records import DispatchOrder, Finished
+from sasfleet.shared.state.records import Finished, Stale
 from sasfleet.shared.state.store import StateStore
-from sasfleet.shared.statemachine import RetryPolicy
+from sasfleet.shared.statemachine import Failure, RetryPolicy, resolve_policy
 from sasfleet.shared.telemetry import metrics, tracing
 from sasfleet.shared.telemetry.logs import job_scope
 from sasfleet.shared.telemetry.tracing import NO_SPAN, Traced
@@ -42,7 +42,6 @@ class RunningStep:
 
     dispatch: StepDispatch
     context: StepContext
-    policy: RetryPolicy
     task: asyncio.Task[None] | None = None
     stop_reason: ErrorInfo | None = None  # None: stopped without an outcome to record
     span: Traced = NO_SPAN  # the attempt's span: the handler's own spans nest under it
@@ -64,19 +63,19 @@ class Runner:
         registry: Registry,
         store: StateStore,
         fleet: FleetChannel,
+        agent_id: str,
         concurrency: int,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
         self.fleet = fleet
-        self.agent_id = fleet.by
-        self.lease_ms = int(settings.lease_s * 1000)
-        self.base_policy = fleet_policy(settings)
+        self.followups = Followups(fleet)
+        self.agent_id = agent_id
+        self.fleet_policy = settings.retry_policy()
         self.slots = PrioritySlots(concurrency)
         self.running: dict[tuple[str, int], RunningStep] = {}
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="sasfleet-task")
-        self.completed = 0
 
     async def handle(self, message: Delivery) -> Outcome:
         """A delivery from the pool's normal queue."""
@@ -115,9 +114,8 @@ class Runner:
 
     async def _claim_and_start(self, message: Delivery, d: StepDispatch) -> tuple[Outcome, bool]:
         task = self.registry.tasks.get(d.task)
-        policy = step_policy(self.base_policy, task, d)
         if not await self.store.claim(
-            d.job_id, d.step, d.lease, self.agent_id, self.lease_ms, policy.max_attempts
+            d.job_id, d.step, d.lease, self.agent_id, self._policy(task, d)
         ):
             log.info(
                 "dropping a stale or duplicate dispatch of %s step %d lease %d",
@@ -133,12 +131,10 @@ class Runner:
         _observe_queue_wait(d.task, message)
         if task is None:
             reason = f"unknown task {d.task!r}: no handler registered on this agent"
-            await self._finish(
-                d, policy, error=ErrorInfo(type="UnknownTask", message=reason, retryable=False)
-            )
+            await self._finish(d, error=_failed(Failure.UNKNOWN_TASK, reason))
             return DeadLetter(reason, "unknown_task"), False
         # The claim is recorded: from here the step lives by its lease, not the delivery.
-        running = RunningStep(d, self._context(d), policy)
+        running = RunningStep(d, self._context(d))
         running.span = tracing.job_span(
             f"{'compensate' if d.compensates is not None else 'run'} {d.task}",
             tracing.job_attributes(
@@ -180,6 +176,14 @@ class Runner:
                 released += 1
         return released
 
+    def _policy(self, task: TaskDef | None, d: StepDispatch) -> RetryPolicy:
+        """The step's retry policy: its own choices, else its task's, else the fleet's."""
+        return resolve_policy(
+            self.fleet_policy,
+            (task.max_attempts, task.retry) if task else (None, None),
+            (d.max_attempts, d.retry),
+        )
+
     def _context(self, d: StepDispatch) -> StepContext:
         return StepContext(
             job_id=d.job_id,
@@ -200,7 +204,7 @@ class Runner:
             await self._run_and_record(running, task)
         except asyncio.CancelledError:
             if running.stop_reason is not None:
-                await self._finish(d, running.policy, error=running.stop_reason)
+                await self._finish(d, error=running.stop_reason)
             else:
                 log.info(
                     "stopped %s step %d without an outcome",
@@ -224,40 +228,25 @@ class Runner:
             running.span.end()
 
     async def _run_and_record(self, running: RunningStep, task: TaskDef) -> None:
-        d, policy = running.dispatch, running.policy
+        d = running.dispatch
         try:
             result = await self._timed_call(running, task)
         except TimeoutError:
-            await self._finish(
-                d,
-                policy,
-                error=ErrorInfo(
-                    type="StartToCloseTimeout",
-                    message=f"attempt {d.attempt} ran past its {d.timeout_ms} ms timeout",
-                ),
-            )
+            message = f"attempt {d.attempt} ran past its {d.timeout_s:g} s timeout"
+            await self._finish(d, error=_failed(Failure.START_TO_CLOSE_TIMEOUT, message))
         except msgspec.ValidationError as exc:
-            await self._finish(
-                d,
-                policy,
-                error=ErrorInfo(
-                    type="InvalidPayload",
-                    message=f"payload does not match {task.name}: {exc}",
-                    retryable=False,
-                ),
-            )
+            message = f"payload does not match {task.name}: {exc}"
+            await self._finish(d, error=_failed(Failure.INVALID_PAYLOAD, message))
         except RetryAfter as exc:
             await self._finish(
                 d,
-                policy,
-                error=ErrorInfo(type="RetryAfter", message=str(exc)),
+                error=_failed(Failure.RETRY_AFTER, str(exc)),
                 retry_after_ms=int(exc.delay_s * 1000),
             )
         except Exception as exc:
             running.span.exception(exc)
             await self._finish(
                 d,
-                policy,
                 error=ErrorInfo(
                     type=type(exc).__name__,
                     message=str(exc) or type(exc).__name__,
@@ -265,7 +254,7 @@ class Runner:
                 ),
             )
         else:
-            await self._finish_with_result(d, policy, result)
+            await self._finish_with_result(d, result)
 
     async def _timed_call(self, running: RunningStep, task: TaskDef) -> Any:
         """The handler's call, its duration observed by task and outcome."""
@@ -283,7 +272,7 @@ class Runner:
     async def _call(self, running: RunningStep, task: TaskDef) -> Any:
         d = running.dispatch
         kwargs = task.arguments(task.decoder.decode(d.payload), running.context)
-        timeout = d.timeout_ms / 1000
+        timeout = d.timeout_s
         # asyncio.timeout, not wait_for: the handler runs in this task instead of a new one.
         async with asyncio.timeout(timeout):
             if task.is_async:
@@ -294,49 +283,34 @@ class Runner:
             call = functools.partial(task.fn, **kwargs)
             return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
-    async def _finish_with_result(self, d: StepDispatch, policy: RetryPolicy, result: Any) -> None:
+    async def _finish_with_result(self, d: StepDispatch, result: Any) -> None:
         try:
             body = encode(result)
         except (TypeError, msgspec.EncodeError) as exc:
-            await self._finish(
-                d,
-                policy,
-                error=ErrorInfo(type="UnencodableResult", message=str(exc), retryable=False),
-            )
+            await self._finish(d, error=_failed(Failure.UNENCODABLE_RESULT, str(exc)))
             return
-        if len(body) > self.settings.max_payload_bytes:
-            await self._finish(
-                d,
-                policy,
-                error=ErrorInfo(
-                    type="ResultTooLarge",
-                    message=f"result of {len(body)} bytes exceeds the limit "
-                    f"of {self.settings.max_payload_bytes} bytes",
-                    retryable=False,
-                ),
-            )
+        limit = self.settings.max_payload_bytes
+        if len(body) > limit:
+            message = f"result of {len(body)} bytes exceeds the limit of {limit} bytes"
+            await self._finish(d, error=_failed(Failure.RESULT_TOO_LARGE, message))
             return
-        await self._finish(d, policy, result=body)
+        await self._finish(d, result=body)
 
     async def _finish(
         self,
         d: StepDispatch,
-        policy: RetryPolicy,
         *,
         result: bytes | None = None,
         error: ErrorInfo | None = None,
         retry_after_ms: int | None = None,
     ) -> None:
-        """Record the outcome under this attempt's lease, then tell the schedulers."""
+        """Record the outcome under this attempt's lease, then publish what follows: for a
+        success, what the record followed it with; else an announcement to a scheduler."""
         running = self.running.get((d.job_id, d.step))
         if running is not None and running.dispatch.lease == d.lease:
             running.finishing = True
-        retry_delay = None
         span = tracing.current()  # the attempt's span (a delivery's, for an unknown task)
         if error is not None:
-            retry_delay = policy.next_delay_ms(
-                d.attempt, error.retryable, error.type, retry_after_ms
-            )
             metrics.count_timeout(error.type)
             span.error(f"{error.type}: {error.message}", error_type=error.type)
         recorded = await self.store.record(
@@ -346,11 +320,10 @@ class Runner:
             self.agent_id,
             result=result,
             error=error,
-            retry_delay_ms=retry_delay,
-            announce_after_ms=int(self.settings.advance_grace_s * 1000),
-            finish_ttl_s=self.settings.job_ttl_s,
+            retry_after_ms=retry_after_ms,
+            advance=True,
         )
-        if recorded is False:
+        if isinstance(recorded, Stale):
             log.warning(
                 "result of %s step %d attempt %d rejected: lease %d was taken over",
                 d.job_id,
@@ -363,33 +336,31 @@ class Runner:
             span.error(f"lease {d.lease} was taken over: result rejected", error_type="StaleResult")
             return
         span.set({tracing.OUTCOME: "failed" if error is not None else "succeeded"})
-        self.completed += 1
         if isinstance(recorded, Finished):  # the job's last step: no scheduler round trip
-            metrics.JOBS_FINISHED.labels(recorded.status).inc()
-            span.event("job finished", {tracing.JOB_STATUS: recorded.status})
-            # The reply only saves the submitter a poll: the outcome is in Redis already.
-            await self.fleet.reply(
-                recorded.reply_to, recorded.correlation_id, recorded.message(d.job_id)
-            )
-            return
-        if isinstance(recorded, DispatchOrder):  # an earlier step: the next one goes out
+            await self.followups.finished(d.job_id, recorded)
+        elif isinstance(recorded, DispatchOrder):  # an earlier step: the next one goes out
             await self._publish_next(d, recorded)
-            return
-        try:
-            await self.fleet.announce(d.job_id, d.step, d.attempt, d.lease)
-        except PublishFailed:
-            log.warning("could not announce %s step %d; the supervisor will", d.job_id, d.step)
+        else:
+            try:
+                await self.fleet.announce(d.job_id, d.step, d.attempt, d.lease)
+            except PublishFailed:
+                log.warning("could not announce %s step %d; the supervisor will", d.job_id, d.step)
 
     async def _publish_next(self, d: StepDispatch, order: DispatchOrder) -> None:
         """Publish the dispatch of the step the record advanced the job to. Until it is
         settled, the recorded step stays due, and a supervisor publishes the dispatch in
         this agent's place if it never confirms it here."""
         try:
-            await self.fleet.dispatch(order)
+            await self.followups.carry_out(d.job_id, order)
         except PublishFailed:
             log.warning("could not dispatch %s step %d; the supervisor will", d.job_id, order.step)
             return
-        await self.store.settle_advance(d.job_id, d.step)
+        await self.store.settle(d.job_id, d.step)
+
+
+def _failed(failure: Failure, message: str) -> ErrorInfo:
+    """An error of the fleet's own vocabulary."""
+    return ErrorInfo(type=failure, message=message, retryable=failure.retryable)
 
 
 def _observe_queue_wait(task: str, message: Delivery) -> None:

@@ -12,7 +12,7 @@ from sasfleet.shared.config import Settings
 from sasfleet.shared.connections import Connections, connected
 from sasfleet.shared.ids import instance_id
 from sasfleet.shared.runtime import every, mark_ready
-from sasfleet.shared.state.agents import AgentRegistry, agent_connection_prefix
+from sasfleet.shared.state.agents import agent_connection_prefix
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ class AgentService:
 
     async def _serve(self, stop: asyncio.Event, ready_file: str | None, c: Connections) -> None:
         s, store, fleet, health = self.settings, c.store, c.fleet, c.health
-        agents = AgentRegistry(store.redis, s.prefix)
-        runner = Runner(s, self.registry, store, fleet, self.concurrency)
+        agents = store.agents
+        runner = Runner(s, self.registry, store, fleet, self.instance, self.concurrency)
         heartbeat = Heartbeat(
             runner, agents, self.pool, self.concurrency, min(s.heartbeat_s, s.lease_s / 3)
         )

@@ -86,16 +86,22 @@ def notes(summaries: list[FaultSummary], settings: Settings) -> list[str]:
     """Measured context for the table: detection delays, replacement start-up, targets."""
     lines = []
     for s in summaries:
+        failed = s.note("fail")
+        if failed is not None:
+            lines.append(
+                f"{s.system} {s.fault}: first lost attempt failed by the supervisor "
+                f"{failed:.2f} s after the signal (median)"
+            )
         detect = s.note("detect")
         if detect is not None:
             lines.append(
-                f"{s.system} {s.fault}: first re-dispatch by the supervisor {detect:.2f} s "
-                "after the signal (median)"
+                f"{s.system} {s.fault}: first retry dispatched (after the step's backoff) "
+                f"{detect:.2f} s after the signal (median)"
             )
         deliver = s.note("deliver max")
         if deliver is not None:
             lines.append(
-                f"{s.system} {s.fault}: longest re-dispatch to claim {deliver:.2f} s (median)"
+                f"{s.system} {s.fault}: longest retry dispatch to claim {deliver:.2f} s (median)"
             )
         ready = s.note("replacement ready")
         if ready is not None:

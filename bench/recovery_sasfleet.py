@@ -19,7 +19,7 @@ from sasfleet.shared.client import Client
 from sasfleet.shared.config import Settings
 from sasfleet.shared.errors import JobTimeout
 from sasfleet.shared.messages.submit import SubmitJob
-from sasfleet.shared.state.views import JobView
+from sasfleet.shared.state.views import HistoryEntry, JobView
 from sasfleet.tools.fleet import LocalFleet, ServiceProcess
 from sasfleet.tools.purge import purge_fleet
 
@@ -59,25 +59,66 @@ def recovery_delay_s(doc: JobView | None, victim: str, fault_ms: int) -> float:
     return NOT_RECOVERED
 
 
-def _first_ms(doc: JobView | None, event: str, after_ms: int) -> int | None:
+def _first(doc: JobView | None, event: str, after_ms: int) -> HistoryEntry | None:
+    """The first ``event`` of step 0 at or after ``after_ms``."""
     for entry in doc.history if doc is not None else []:
         if entry.event == event and entry.step == 0 and entry.ts >= after_ms:
-            return entry.ts
+            return entry
     return None
 
 
+def _failed_and_retried(
+    doc: JobView | None, fault_ms: int
+) -> tuple[HistoryEntry | None, HistoryEntry | None]:
+    """After the fault: the supervisor's ``timeout_fail`` of step 0's lost attempt, and the
+    ``retry`` (a scheduler's timer, once the step's backoff ran out) that dispatched the
+    next attempt; None for what did not happen."""
+    failed = next(
+        (
+            e
+            for e in (doc.history if doc is not None else [])
+            if e.event == "timeout_fail"
+            and e.step == 0
+            and e.ts >= fault_ms
+            and e.by.startswith("supervisor-")
+        ),
+        None,
+    )
+    if failed is None:
+        return None, None
+    retry = next(
+        (
+            e
+            for e in (doc.history if doc is not None else [])
+            if e.event == "retry"
+            and e.step == 0
+            and e.ts >= failed.ts
+            and e.attempt == (failed.attempt or 0) + 1
+        ),
+        None,
+    )
+    return failed, retry
+
+
+def failure_delay_s(doc: JobView | None, fault_ms: int) -> float | None:
+    """Seconds from the fault to the supervisor's ``timeout_fail`` of step 0 (None: none)."""
+    failed, _ = _failed_and_retried(doc, fault_ms)
+    return None if failed is None else (failed.ts - fault_ms) / 1000
+
+
 def detection_delay_s(doc: JobView | None, fault_ms: int) -> float | None:
-    """Seconds from the fault to the supervisor's ``redispatch`` of step 0 (None: none)."""
-    ts = _first_ms(doc, "redispatch", fault_ms)
-    return None if ts is None else (ts - fault_ms) / 1000
+    """Seconds from the fault to the dispatch of step 0's next attempt: the ``retry`` that
+    followed the supervisor's ``timeout_fail`` of the lost one (None: none)."""
+    _, retry = _failed_and_retried(doc, fault_ms)
+    return None if retry is None else (retry.ts - fault_ms) / 1000
 
 
 def delivery_delay_s(doc: JobView | None, fault_ms: int) -> float | None:
-    """Seconds from the ``redispatch`` of step 0 to the next ``claim`` (None: no such
-    pair): long when the broker handed the new attempt to the hung agent's consumer."""
-    sent = _first_ms(doc, "redispatch", fault_ms)
-    claimed = None if sent is None else _first_ms(doc, "claim", sent)
-    return None if sent is None or claimed is None else (claimed - sent) / 1000
+    """Seconds from that ``retry`` of step 0 to the next ``claim`` (None: no such pair):
+    long when the broker handed the new attempt to the hung agent's consumer."""
+    _, retry = _failed_and_retried(doc, fault_ms)
+    claimed = None if retry is None else _first(doc, "claim", retry.ts)
+    return None if retry is None or claimed is None else (claimed.ts - retry.ts) / 1000
 
 
 async def _succeeded(client: Client, job_id: str, timeout_s: float) -> bool:
@@ -111,6 +152,9 @@ async def _measure(
     victim.terminate()  # a stopped agent is resumed first (SIGCONT), then told to drain
     run.all_finished = all(finished)
     run.delays_s = [recovery_delay_s(d, holder, fault_ms) for d in docs]
+    failed = [x for x in (failure_delay_s(d, fault_ms) for d in docs) if x is not None]
+    if failed:
+        run.notes["fail"] = min(failed)
     detected = [x for x in (detection_delay_s(d, fault_ms) for d in docs) if x is not None]
     if detected:
         run.notes["detect"] = min(detected)

@@ -33,6 +33,7 @@ def schedule_add(
     from sasfleet.shared.messages.schedule import Schedule
     from sasfleet.shared.messages.submit import SubmitJob
     from sasfleet.shared.state.schedules import Schedules
+    from sasfleet.shared.state.store import StateStore
 
     try:
         validate(cron)
@@ -45,7 +46,7 @@ def schedule_add(
     except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise click.UsageError(str(exc)) from exc
     first = next_tick_ms(cron, int(time.time() * 1000))
-    run(with_redis(settings, lambda r: Schedules(r, settings.prefix).add(entry, first)))
+    run(with_redis(settings, lambda r: Schedules(StateStore(r, settings.prefix)).add(entry, first)))
     click.echo(f"schedule {name}: {task} at '{cron}', next {iso(first)}")
 
 
@@ -55,8 +56,9 @@ def schedule_add(
 def schedule_list(as_json: bool, settings: Settings) -> None:
     """Every schedule and its next tick."""
     from sasfleet.shared.state.schedules import Schedules
+    from sasfleet.shared.state.store import StateStore
 
-    found = run(with_redis(settings, lambda r: Schedules(r, settings.prefix).all()))
+    found = run(with_redis(settings, lambda r: Schedules(StateStore(r, settings.prefix)).all()))
     if as_json:
         json_out([{"schedule": s, "next_tick_ms": t} for s, t in found])
         return
@@ -70,8 +72,11 @@ def schedule_list(as_json: bool, settings: Settings) -> None:
 def schedule_remove(name: str, settings: Settings) -> None:
     """Remove schedule NAME (jobs it already fired are not touched)."""
     from sasfleet.shared.state.schedules import Schedules
+    from sasfleet.shared.state.store import StateStore
 
-    if not run(with_redis(settings, lambda r: Schedules(r, settings.prefix).remove(name))):
+    if not run(
+        with_redis(settings, lambda r: Schedules(StateStore(r, settings.prefix)).remove(name))
+    ):
         click.echo(f"no schedule {name!r}", err=True)
         sys.exit(1)
     click.echo(f"schedule {name} removed")

@@ -18,7 +18,10 @@ from sasfleet.shared.config import Settings
 @click.option("--payload", default="null", help="JSON payload.")
 @click.option("--pool", help="Agent pool.")
 @click.option("--job-id", help="Choose the job id.")
-@click.option("--idempotency-key", help="A key seen before returns the existing job.")
+@click.option(
+    "--idempotency-key",
+    help="Without --job-id, the job id is derived from it: a key seen before returns that job.",
+)
 @click.option("--max-attempts", type=click.IntRange(1, 100))
 @click.option("--timeout", "timeout_s", type=float, help="Seconds one attempt may take.")
 @click.option("--delay", "delay", help="Start later: 30s, 5m, 2h, 1d (or seconds).")

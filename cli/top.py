@@ -135,7 +135,7 @@ class Watcher:
         for pool in pools:
             names += [n.pool(pool), n.pool(pool, "high")]
         try:
-            return await self.fleet.queue_depths(names)
+            return await self.fleet.monitor.depths(names)
         except Exception:
             return {}
 
@@ -239,7 +239,7 @@ async def watch(
                 await asyncio.sleep(interval)
                 live.update(render(await watcher.snapshot()), refresh=True)
     finally:
-        await fleet.close_monitor()
+        await fleet.monitor.close()
         await fleet.close()
         await redis.aclose()
 

@@ -12,6 +12,7 @@ from sasfleet.scheduler.timers import Timers
 from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.connections import connected
+from sasfleet.shared.followups import Followups
 from sasfleet.shared.ids import instance_id
 from sasfleet.shared.runtime import every, mark_ready
 from sasfleet.shared.state.schedules import Schedules
@@ -39,8 +40,9 @@ class SchedulerService:
             sample=functools.partial(sample_queue_depths, default_pool=s.default_pool),
         ) as c:
             store, fleet = c.store, c.fleet
-            intake = Intake(s, store, fleet)
-            progress = Progress(s, store, fleet)
+            followups = Followups(fleet)
+            intake = Intake(s, store, fleet, followups, self.instance)
+            progress = Progress(store, followups, self.instance)
             consumers = [
                 await c.consumer(fleet.names.submit, intake.handle),
                 await c.consumer(fleet.names.events, progress.handle),
@@ -51,7 +53,7 @@ class SchedulerService:
                 fleet.names.submit,
                 fleet.names.events,
             )
-            timers = Timers(s, store, fleet, progress, intake, Schedules(store.redis, s.prefix))
+            timers = Timers(s, store, followups, self.instance, intake, Schedules(store))
             ticking = asyncio.create_task(every(s.timer_tick_s, stop, timers.tick))
             c.health.set("consuming", True)
             mark_ready(ready_file)
@@ -75,6 +77,6 @@ async def sample_queue_depths(fleet: FleetChannel, default_pool: str) -> None:
         n.pool(default_pool, "high"),
         *fleet.dispatched_queues,
     }
-    for queue, (messages, consumers) in (await fleet.queue_depths(sorted(names))).items():
+    for queue, (messages, consumers) in (await fleet.monitor.depths(sorted(names))).items():
         metrics.QUEUE_MESSAGES.labels(queue).set(messages)
         metrics.QUEUE_CONSUMERS.labels(queue).set(consumers)

@@ -8,13 +8,12 @@ import logging
 import time
 
 from sasfleet.scheduler.intake import Intake
-from sasfleet.scheduler.progress import Progress
-from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.cron import next_tick_ms
+from sasfleet.shared.followups import Followups
+from sasfleet.shared.messages.dispatch import DispatchOrder
 from sasfleet.shared.messages.schedule import Schedule
 from sasfleet.shared.state.keys import parse_deadline_member
-from sasfleet.shared.state.records import Announce, DispatchOrder
 from sasfleet.shared.state.schedules import Schedules
 from sasfleet.shared.state.store import StateStore
 from sasfleet.shared.telemetry import metrics, tracing
@@ -31,18 +30,17 @@ class Timers:
         self,
         settings: Settings,
         store: StateStore,
-        fleet: FleetChannel,
-        progress: Progress,
+        followups: Followups,
+        by: str,
         intake: Intake,
         schedules: Schedules,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.fleet = fleet
-        self.progress = progress
+        self.followups = followups
+        self.by = by
         self.intake = intake
         self.schedules = schedules
-        self.fired = 0
 
     async def tick(self) -> bool:
         """One scan; True when the batch was full (more may be due: scan again at once)."""
@@ -72,34 +70,31 @@ class Timers:
 
     async def _fire_one(self, job_id: str, step: int) -> None:
         started = time.time_ns() if tracing.active() else None
-        action = await self.store.fire_timer(
-            job_id,
-            step,
-            self.fleet.by,
-            announce_after_ms=int(self.settings.advance_grace_s * 1000),
-        )
-        if isinstance(action, DispatchOrder):
-            self.fired += 1
-            retry = action.attempt > 1  # else a delayed job's first step
-            if retry:
-                metrics.RETRIES.labels(action.task).inc()
-            # The timer's span joins the job's trace through its stored traceparent; it
-            # starts when the timer was claimed, and the dispatch's publish nests under it.
-            with tracing.job_span(
-                f"{'retry' if retry else 'start'} {action.task}",
-                tracing.job_attributes(
-                    job_id, step, task=action.task, attempt=action.attempt, lease=action.lease
-                )
-                if started
-                else {},
-                traceparent=action.traceparent,
-                start_ns=started,
-            ):
-                await self.fleet.dispatch(action)
-        elif isinstance(action, Announce):
-            # A timer that fires past the step's schedule-to-close deadline fails the step.
-            metrics.count_timeout("ScheduleToCloseTimeout")
-            await self.progress.advance(job_id, action.step, action.lease)
+        fired = await self.store.fire_timer(job_id, step, self.by)
+        if fired is None:
+            return
+        if fired.failure is not None:  # a retry due past the step's schedule-to-close
+            metrics.count_timeout(fired.failure)
+        action = fired.next
+        if not isinstance(action, DispatchOrder):
+            await self.followups.carry_out(job_id, action)
+            return
+        retry = action.attempt > 1  # else a delayed job's first step
+        if retry:
+            metrics.RETRIES.labels(action.task).inc()
+        # The timer's span joins the job's trace through its stored traceparent; it starts
+        # when the timer was claimed, and the dispatch's publish nests under it.
+        with tracing.job_span(
+            f"{'retry' if retry else 'start'} {action.task}",
+            tracing.job_attributes(
+                job_id, step, task=action.task, attempt=action.attempt, lease=action.lease
+            )
+            if started
+            else {},
+            traceparent=action.traceparent,
+            start_ns=started,
+        ):
+            await self.followups.carry_out(job_id, action)
 
     async def _fire_schedule(self, schedule: Schedule, tick: int) -> None:
         """Create this tick's job, then move the schedule on. The job id is the tick's, so

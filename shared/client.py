@@ -24,7 +24,7 @@ import msgspec
 from sasfleet.shared.amqp.fleet import NOTIFY_HEADER, FleetChannel
 from sasfleet.shared.config import Settings, load_settings
 from sasfleet.shared.errors import JobTimeout
-from sasfleet.shared.ids import instance_id, job_id_for_key, new_job_id
+from sasfleet.shared.ids import instance_id, new_job_id, submitted_job_id
 from sasfleet.shared.messages.codec import (
     DECODE_ERRORS,
     any_decoder,
@@ -35,9 +35,8 @@ from sasfleet.shared.messages.codec import (
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.messages.submit import SCHEMA_VERSION, StepSpec, SubmitJob
 from sasfleet.shared.state.connection import redis_for
-from sasfleet.shared.state.reads import JobReader
 from sasfleet.shared.state.records import Announce
-from sasfleet.shared.state.store import StateStore
+from sasfleet.shared.state.store import StateStore, StoreTimings
 from sasfleet.shared.state.views import JobView
 from sasfleet.shared.statemachine import JOB_TERMINAL
 
@@ -71,8 +70,7 @@ def _with_id(job: SubmitJob) -> SubmitJob:
     job.step_specs()
     if job.job_id is not None:
         return job
-    job_id = job_id_for_key(job.idempotency_key) if job.idempotency_key else new_job_id()
-    return msgspec.structs.replace(job, job_id=job_id)
+    return msgspec.structs.replace(job, job_id=submitted_job_id(None, job.idempotency_key))
 
 
 _BATCH_HEAD = b'{"kind":"submit_batch","v":%d,"jobs":[' % SCHEMA_VERSION
@@ -123,8 +121,10 @@ class Client:
             self.settings.amqp_url.get_secret_value(), self.settings.prefix, self.by
         )
         self._redis = redis_for(self.settings)
-        self._store = StateStore(self._redis, self.settings.prefix)
-        self._reader = JobReader(self._redis, self.settings.prefix)
+        self._store = StateStore(
+            self._redis, self.settings.prefix, timings=StoreTimings.of(self.settings)
+        )
+        self._reader = self._store.reader
         self._notify = f"{self._store.keys.notify_prefix}{self.by}"
         self._pubsub: Any = None  # redis-py's PubSub (or ClusterPubSub)
         self._listener: asyncio.Task[None] | None = None
@@ -308,12 +308,7 @@ class Client:
         is cancelled (cooperatively), and the steps that succeeded are compensated; the job
         ends CANCELLED. Returns what the job was doing ("requested"), or its final status
         if it had already ended."""
-        result = await self._store.cancel(
-            job_id,
-            self.by,
-            announce_after_ms=int(self.settings.advance_grace_s * 1000),
-            ttl_s=self.settings.job_ttl_s,
-        )
+        result = await self._store.cancel(job_id, self.by)
         if isinstance(result, Announce):
             await self._fleet.announce(job_id, result.step, result.attempt, result.lease)
             return "requested"

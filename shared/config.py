@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sasfleet.shared.errors import ConfigError
+from sasfleet.shared.messages.submit import StepOptions
+from sasfleet.shared.statemachine import RetryPolicy
 
 ENV_PREFIX = "SASFLEET_"
 
@@ -113,6 +115,23 @@ class Settings(BaseSettings):
         if not value or any(c in value for c in "{}: \t\n"):
             raise ValueError("prefix must be non-empty without braces, colons or spaces")
         return value
+
+    def retry_policy(self) -> RetryPolicy:
+        """The fleet's retry policy: what a step and its task leave open."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            initial_ms=int(self.retry_initial_s * 1000),
+            coefficient=self.retry_backoff,
+            max_ms=int(self.retry_max_s * 1000),
+        )
+
+    def step_defaults(self) -> StepOptions:
+        """The fleet's step options: what a step leaves open (its retry policy aside)."""
+        return StepOptions(
+            pool=self.default_pool,
+            timeout_s=self.step_timeout_s,
+            schedule_to_start_s=self.dispatch_timeout_s,
+        )
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings with secrets masked, for logs and `config show`."""

@@ -12,7 +12,7 @@ from sasfleet.shared.amqp.fleet import FleetChannel
 from sasfleet.shared.config import Settings
 from sasfleet.shared.runtime import retry_until_up
 from sasfleet.shared.state.connection import redis_for
-from sasfleet.shared.state.store import StateStore
+from sasfleet.shared.state.store import StateStore, StoreTimings
 from sasfleet.shared.telemetry.health import Health, observed
 
 
@@ -80,7 +80,9 @@ async def connected(
             health.set("redis", True)
             await retry_until_up("rabbitmq", stop, lambda: fleet.open(prefetch))
             health.set("amqp", True)
-            yield Connections(StateStore(redis, s.prefix), fleet, health, stop)
+            yield Connections(
+                StateStore(redis, s.prefix, timings=StoreTimings.of(s)), fleet, health, stop
+            )
     finally:
         await fleet.close()
         await redis.aclose()

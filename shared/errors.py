@@ -1,4 +1,6 @@
-"""The one error hierarchy of SAS Fleet. Each class docstring is its default message."""
+"""The one error hierarchy of SAS Fleet: the errors it raises, and those a task handler
+raises to steer its step. Each class docstring is its default message. What the fleet
+records about a failed step is named by ``statemachine.Failure``, not by these."""
 
 from __future__ import annotations
 
@@ -14,22 +16,6 @@ class ConfigError(SasFleetError):
     """Invalid configuration."""
 
 
-class BadMessage(SasFleetError):
-    """The message cannot be accepted; it is dead-lettered with this reason."""
-
-
-class PayloadTooLarge(BadMessage):
-    """The message body exceeds the payload size limit."""
-
-
-class UnknownTask(BadMessage):
-    """No handler is registered for this task."""
-
-
-class JobNotFound(SasFleetError):
-    """No such job."""
-
-
 class JobTimeout(SasFleetError):
     """The job did not finish in time."""
 
@@ -38,19 +24,11 @@ class PublishFailed(SasFleetError):
     """The broker did not confirm a publish."""
 
 
-class TaskError(SasFleetError):
-    """A task handler failed."""
-
-
-class NonRetryableError(TaskError):
+class NonRetryableError(SasFleetError):
     """A task handler failed and must not be retried."""
 
 
-class InvalidPayload(NonRetryableError):
-    """The payload does not match the handler's declared type."""
-
-
-class RetryAfter(TaskError):
+class RetryAfter(SasFleetError):
     """The handler asks to be retried after a delay."""
 
     def __init__(self, delay_s: float, message: str | None = None) -> None:

@@ -7,10 +7,9 @@ import logging
 
 from sasfleet.shared.config import Settings
 from sasfleet.shared.connections import connected
+from sasfleet.shared.followups import Followups
 from sasfleet.shared.ids import instance_id
 from sasfleet.shared.runtime import every, mark_ready
-from sasfleet.shared.state.agents import AgentRegistry
-from sasfleet.shared.state.reads import JobReader
 from sasfleet.supervisor.escalation import Escalations
 from sasfleet.supervisor.liveness import Liveness
 from sasfleet.supervisor.recovery import Recovery
@@ -31,13 +30,12 @@ class SupervisorService:
         async with connected(
             s, "supervisor", self.instance, stop, prefetch=1, checks=("scanning",)
         ) as c:
-            store, redis = c.store, c.store.redis
-            reader = JobReader(redis, s.prefix)
-            scan = DeadlineScan(store, Recovery(s, store, c.fleet, reader), s.scan_batch)
+            store = c.store
+            reader = store.reader
+            recovery = Recovery(store, Followups(c.fleet), self.instance)
+            scan = DeadlineScan(store, recovery, s.scan_batch)
             escalations = Escalations(store, reader, s.escalation_webhook, self.instance)
-            liveness = Liveness(
-                AgentRegistry(redis, s.prefix), store, int(s.agent_timeout_s * 1000)
-            )
+            liveness = Liveness(store.agents, store, int(s.agent_timeout_s * 1000))
 
             async def tick() -> bool:
                 try:

@@ -4,9 +4,11 @@ Per job: it exists (no accepted job is lost) and has exactly one terminal state,
 payload decides; a SUCCEEDED job has the expected result; every step that succeeded has
 exactly one success in its history, and its committed (fenced) effect carries the lease of
 that success: no effect of a stale lease stands; every compensation ran to success at most
-once per succeeded step, and exactly once where the job compensated. Executions of one
-idempotency key beyond the planned ones (one, plus the retryable failures its payload asks
-for) are duplicates: allowed (at-least-once), counted.
+once per succeeded step, and exactly once where the job compensated; no attempt ends twice
+and no failure is followed twice (one end per lease, one backoff per failed lease, one retry
+per attempt: two supervisors never fail or follow the same deadline twice). Executions of
+one idempotency key beyond the planned ones (one, plus the retryable failures its payload
+asks for) are duplicates: allowed (at-least-once), counted.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ class Verdict:
     fenced_writes_refused: int = 0
     compensations: int = 0
     compensation_reruns: int = 0  # compensation handler executions beyond one per step
-    supervisor_redispatches: int = 0
-    reannounced: int = 0  # recorded outcomes no scheduler took up in time (announce lost)
+    supervisor_timeouts: int = 0  # attempts a supervisor failed at a deadline (then followed)
+    supervisor_follow_ups: int = 0  # recorded outcomes no one took up in time, followed up
+    republished: int = 0  # dispatches whose publisher did not confirm them, handed out again
 
     @property
     def ok(self) -> bool:
@@ -62,6 +65,57 @@ def _token(value: str | None) -> tuple[int, int] | None:
 def job_ends(history: Iterable[HistoryEntry]) -> list[HistoryEntry]:
     """The job's own terminal transitions (no step)."""
     return [h for h in history if h.step is None and h.status in JOB_TERMINAL]
+
+
+# A running or dispatched attempt ends by one of these (a timeout_fail from "failed" only
+# retypes a failure that ran out of time; from "waiting_retry", the backoff outlived it).
+_ENDS_AN_ATTEMPT = frozenset({"succeed", "fail", "timeout_fail", "cancel"})
+
+
+def _followed_twice(history: list[HistoryEntry]) -> list[str]:
+    """An attempt (one lease) that ended twice, a failure followed by two backoffs, or an
+    attempt dispatched twice as a retry."""
+    ends = Counter(
+        (e.step, e.lease)
+        for e in history
+        if e.event in _ENDS_AN_ATTEMPT and e.previous in ("dispatched", "running")
+    )
+    waits = Counter((e.step, e.lease) for e in history if e.event == "retry_later")
+    retries = Counter((e.step, e.attempt) for e in history if e.event == "retry")
+    problems = [
+        f"step {s} lease {lease} ended {n} times" for (s, lease), n in ends.items() if n > 1
+    ]
+    problems += [
+        f"step {s}: the failure of lease {lease} was followed {n} times (retry_later)"
+        for (s, lease), n in waits.items()
+        if n > 1
+    ]
+    problems += [
+        f"step {s}: attempt {a} dispatched {n} times as a retry"
+        for (s, a), n in retries.items()
+        if n > 1
+    ]
+    return problems
+
+
+def supervisor_recoveries(history: Iterable[HistoryEntry]) -> Counter[str]:
+    """What supervisors did to a job, one count per recovery (one script run: the entries
+    one supervisor wrote at one instant): ``timeout`` (an attempt failed at a deadline and
+    followed), ``republish`` (a dispatch handed out again), ``follow_up`` (a recorded
+    outcome that no one took up, followed)."""
+    runs: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for e in history:
+        if e.by.startswith("supervisor-"):
+            runs[(e.by, e.ts)].add(e.event)
+    kinds: Counter[str] = Counter()
+    for written in runs.values():
+        if "timeout_fail" in written:
+            kinds["timeout"] += 1
+        elif "republish" in written:
+            kinds["republish"] += 1
+        else:
+            kinds["follow_up"] += 1
+    return kinds
 
 
 def check_job(job: PlannedJob, view: JobView, records: Records) -> list[str]:
@@ -124,6 +178,7 @@ def check_job(job: PlannedJob, view: JobView, records: Records) -> list[str]:
                 f"compensation of step {of}: committed {undone}, expected "
                 f"({comp.lease}, {job.acc(of)})"
             )
+    problems.extend(_followed_twice(h))
     by_index = {s.index: s for s in view.steps}
     for e in h:
         if e.event == "stale_result_rejected" and e.step is not None:
@@ -143,13 +198,13 @@ def verify(plan: list[PlannedJob], views: dict[str, JobView | None], records: Re
             continue
         verdict.by_status[view.status] += 1
         verdict.violations.extend(f"{job.job_id}: {p}" for p in check_job(job, view, records))
-        for e in view.history:
-            if e.event == "stale_result_rejected":
-                verdict.stale_results_rejected += 1
-            elif e.event == "redispatch":
-                verdict.supervisor_redispatches += 1
-            elif e.event == "reannounce":
-                verdict.reannounced += 1
+        verdict.stale_results_rejected += sum(
+            e.event == "stale_result_rejected" for e in view.history
+        )
+        recoveries = supervisor_recoveries(view.history)
+        verdict.supervisor_timeouts += recoveries["timeout"]
+        verdict.supervisor_follow_ups += recoveries["follow_up"]
+        verdict.republished += recoveries["republish"]
         verdict.compensations += sum(s.compensates is not None for s in view.steps)
     # Executions beyond those the plan calls for (one per step, plus its planned retryable
     # failures) are duplicates caused by the faults: allowed (at-least-once), counted.
@@ -191,7 +246,8 @@ def timings(faults: list[Fault], views: Iterable[JobView | None]) -> Timings:
     ends: list[int] = []
     agent_ids: dict[int, set[str]] = defaultdict(set)
     claims: dict[tuple[str, int, int], HistoryEntry] = {}
-    redispatches: list[tuple[str, HistoryEntry]] = []
+    # Attempts a supervisor failed at their deadline (a lost lease, among others).
+    timeouts: list[tuple[str, HistoryEntry]] = []
     pids = {f.pid for f in faults if f.pid is not None}
     for view in views:
         if view is None:
@@ -204,22 +260,27 @@ def timings(faults: list[Fault], views: Iterable[JobView | None]) -> Timings:
                 for pid in pids:
                     if e.by.startswith("agent-") and f"-{pid}-" in e.by:
                         agent_ids[pid].add(e.by)
-            elif e.event == "redispatch":
-                redispatches.append((view.job_id, e))
+            elif (
+                e.event == "timeout_fail"
+                and e.by.startswith("supervisor-")
+                and e.previous in ("dispatched", "running")
+            ):
+                timeouts.append((view.job_id, e))
     ends.sort()
     result = Timings()
     for f in faults:
         seconds: float | None = None
         if f.kind in ("agent-kill", "agent-stop") and f.pid is not None:
             # The steps the victim held at the signal: its claim of attempt n came before
-            # the signal, and attempt n + 1 was dispatched by a recovery after it.
+            # the signal, a supervisor failed attempt n after it (its lease ran out), and
+            # attempt n + 1 (the retry that followed) was claimed.
             ids = agent_ids.get(f.pid, set())
             held = []
-            for job_id, e in redispatches:
+            for job_id, e in timeouts:
                 if e.step is None or e.attempt is None or e.ts < f.started_ms:
                     continue
-                before = claims.get((job_id, e.step, e.attempt - 1))
-                after = claims.get((job_id, e.step, e.attempt))
+                before = claims.get((job_id, e.step, e.attempt))
+                after = claims.get((job_id, e.step, e.attempt + 1))
                 if before and after and before.by in ids and before.ts < f.started_ms:
                     held.append(after.ts - f.started_ms)
             if not held:

@@ -98,7 +98,7 @@ _SHAPED: dict[str, list[dict[str, Any]]] = {
             "attempt": 1,
             "lease": "one",
             "idempotency_key": "j:0",
-            "timeout_ms": 1000,
+            "timeout_s": 1,
             "payload": {},
         },
         {"kind": "step_recorded", "job_id": "j", "step": 0, "attempt": 1, "lease": 1, "by": "x"},

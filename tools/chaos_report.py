@@ -81,8 +81,9 @@ def render(result: ChaosResult, console: Console) -> None:
     )
     table.add_row("stale results rejected (history)", str(v.stale_results_rejected))
     table.add_row("stale writes refused by fencing", str(v.fenced_writes_refused))
-    table.add_row("re-dispatches by supervisors", str(v.supervisor_redispatches))
-    table.add_row("outcomes re-announced by supervisors", str(v.reannounced))
+    table.add_row("attempts failed at a deadline by supervisors", str(v.supervisor_timeouts))
+    table.add_row("outcomes no one took up, followed by supervisors", str(v.supervisor_follow_ups))
+    table.add_row("dispatches republished by supervisors", str(v.republished))
     table.add_row(
         "compensations run (handler re-runs, allowed)",
         f"{v.compensations} ({v.compensation_reruns})",

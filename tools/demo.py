@@ -54,10 +54,9 @@ async def _history_counts(settings: Settings, job_ids: list[str]) -> Counter[str
                 continue
             for h in view.history:
                 key = h.event
-                if h.event == "redispatch":
-                    key = (
-                        f"redispatch by supervisor ({h.detail.split(' (')[0] if h.detail else ''})"
-                    )
+                if h.event == "timeout_fail" and h.by.startswith("supervisor-"):
+                    # The detail starts with the failure: "LeaseExpired: attempt 1: ..."
+                    key = f"recovered by a supervisor ({(h.detail or '').split(':')[0]})"
                 counts[key] += 1
     finally:
         await client._redis.aclose()
@@ -134,12 +133,12 @@ def _summary(console: Console, result: RunResult, history: Counter[str], killed:
     table.add_row("throughput", f"{result.throughput:.0f} jobs/s")
     for p in (50, 95, 99):
         table.add_row(f"latency p{p}", f"{result.percentile_ms(p):.1f} ms")
-    recoveries = sum(v for k, v in history.items() if k.startswith("redispatch"))
-    table.add_row("retries made by the supervisor", str(recoveries))
+    recoveries = sum(v for k, v in history.items() if k.startswith("recovered"))
+    table.add_row("steps a supervisor recovered", str(recoveries))
     for key, value in sorted(history.items()):
-        if key.startswith("redispatch"):
+        if key.startswith("recovered"):
             table.add_row(f"  {key}", str(value))
-    table.add_row("handler failures retried", str(history.get("retry_later", 0)))
+    table.add_row("failures retried after their backoff", str(history.get("retry_later", 0)))
     table.add_row("stale results rejected", str(history.get("stale_result_rejected", 0)))
     for line in killed:
         table.add_row("fault injected", line)

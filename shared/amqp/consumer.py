@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueu
 from sasfleet.shared.amqp import acks
 from sasfleet.shared.amqp.publisher import Publisher
 from sasfleet.shared.amqp.topology import BY_HEADER, QUEUE_HEADER, REASON_HEADER, Names
-from sasfleet.shared.errors import BadMessage, PublishFailed
+from sasfleet.shared.errors import PublishFailed
 from sasfleet.shared.telemetry import metrics, tracing
 from sasfleet.shared.telemetry.messaging import process_span
 from sasfleet.shared.telemetry.tracing import NO_SPAN, OUTCOME, Traced
@@ -40,7 +40,7 @@ class DeadLetter:
     """The message can never be processed: park it in the dead-letter queue with a reason.
 
     ``kind`` is the reason's class for metrics (a label cannot hold the free text):
-    ``too_large``, ``invalid``, ``unknown_task`` or ``bad_message``.
+    ``too_large``, ``invalid`` or ``unknown_task``.
     """
 
     reason: str
@@ -112,7 +112,6 @@ class Consumer:
         self.by = by
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
-        self.dead_lettered = 0
 
     async def start(self) -> None:
         self._tag = await self.queue.consume(self._on_message)
@@ -163,8 +162,6 @@ class Consumer:
     async def _outcome(self, message: AbstractIncomingMessage) -> Outcome:
         try:
             return await self.handler(Delivery.of(message))
-        except BadMessage as exc:
-            return DeadLetter(str(exc), "bad_message")
         except Exception as exc:
             log.exception(
                 "handling a message from %s failed; it will be redelivered", self.queue.name
@@ -218,7 +215,6 @@ class Consumer:
             await message.nack(requeue=True)
             acks.note_settled(message)
             return
-        self.dead_lettered += 1
         await message.ack()
         acks.note_settled(message)
         metrics.DEAD_LETTERS.labels(self.queue.name, outcome.kind).inc()

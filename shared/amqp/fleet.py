@@ -3,28 +3,24 @@ topology, and the few kinds of message the fleet publishes."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-import msgspec
 from aio_pika.abc import (
     AbstractChannel,
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError
 
 from sasfleet.shared.amqp.connection import connect
 from sasfleet.shared.amqp.consumer import Consumer, Handler
+from sasfleet.shared.amqp.monitor import QueueMonitor
 from sasfleet.shared.amqp.publisher import Publisher
 from sasfleet.shared.amqp.topology import Names, Topology
 from sasfleet.shared.errors import PublishFailed
-from sasfleet.shared.messages.codec import encode, retry_decoder
-from sasfleet.shared.messages.dispatch import StepDispatch
+from sasfleet.shared.messages.codec import encode
+from sasfleet.shared.messages.dispatch import DispatchOrder
 from sasfleet.shared.messages.events import JobFinished, StepRecorded
-from sasfleet.shared.state.records import DispatchOrder
 from sasfleet.shared.telemetry import tracing
 from sasfleet.shared.telemetry.traceparent import TRACEPARENT
 
@@ -49,7 +45,7 @@ class FleetChannel:
         self.channel: AbstractChannel | None = None
         self.topology: Topology | None = None
         self.publisher: Publisher | None = None
-        self._monitor: AbstractChannel | None = None
+        self.monitor = QueueMonitor(lambda: self.connection)
         self.dispatched_queues: set[str] = set()  # pool queues this process published to
         parts = urlsplit(url)
         # The broker's address, for the messaging spans' server.address/server.port.
@@ -64,11 +60,12 @@ class FleetChannel:
         self.publisher = Publisher(self.channel, exchange, app_id=self.by, server=self.server)
 
     async def open_monitor(self) -> None:
-        """Connect without declaring anything: for read-only tools (``sasfleet top``)."""
+        """Connect without declaring anything: for read-only tools (``sasfleet top``, which
+        reads queue depths through :attr:`monitor`)."""
         self.connection = await connect(self.url, self.by, self.heartbeat_s)
 
     async def close(self) -> None:
-        await self.close_monitor()
+        await self.monitor.close()
         if self.connection is not None:
             await self.connection.close()
 
@@ -98,22 +95,8 @@ class FleetChannel:
         queue = self.names.pool(order.pool, order.priority)
         await topology.queue(queue)
         self.dispatched_queues.add(queue)
-        message = StepDispatch(
-            job_id=order.job_id,
-            step=order.step,
-            task=order.task,
-            attempt=order.attempt,
-            lease=order.lease,
-            idempotency_key=f"{order.job_id}:{order.step}",
-            timeout_ms=order.timeout_ms,
-            payload=msgspec.Raw(order.payload),
-            compensates=order.compensates,
-            max_attempts=order.max_attempts,
-            retry=retry_decoder.decode(order.retry) if order.retry else None,
-            heartbeat_timeout_ms=order.heartbeat_ms,
-        )
         await publisher.publish(
-            encode(message),
+            order.message.encode(),
             queue,
             headers={DISPATCHED_AT_HEADER: int(time.time() * 1000)},
             message_id=f"{order.job_id}:{order.step}:{order.lease}",
@@ -166,30 +149,3 @@ class FleetChannel:
         """Whether the connection to RabbitMQ is up now (a health probe)."""
         connection = self.connection
         return connection is not None and not connection.is_closed and connection.connected.is_set()
-
-    async def queue_depths(self, queues: Iterable[str]) -> dict[str, tuple[int, int]]:
-        """Ready messages and consumers of each existing queue, by passive declare.
-
-        A passive declare of a missing queue closes its channel, so this runs on a channel
-        of its own (reopened when that happens), never on the publishing channel."""
-        if self.connection is None:
-            return {}
-        depths: dict[str, tuple[int, int]] = {}
-        for name in queues:
-            if self._monitor is None or self._monitor.is_closed:
-                self._monitor = await self.connection.channel(publisher_confirms=False)
-            try:
-                queue = await self._monitor.declare_queue(name, passive=True, robust=False)  # type: ignore[call-arg]
-            except AMQPError:
-                self._monitor = None  # the broker closed the channel: the queue is missing
-                continue
-            result = queue.declaration_result
-            depths[name] = (int(result.message_count or 0), int(result.consumer_count or 0))
-        return depths
-
-    async def close_monitor(self) -> None:
-        """Close the channel :meth:`queue_depths` uses, if open."""
-        if self._monitor is not None and not self._monitor.is_closed:
-            with contextlib.suppress(Exception):
-                await self._monitor.close()
-        self._monitor = None

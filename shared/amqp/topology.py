@@ -100,6 +100,3 @@ class Topology:
             await queue.bind(self.exchange, routing_key=name)
             self._queues[name] = queue
         return self._queues[name]
-
-    async def pool_queue(self, pool: str) -> AbstractQueue:
-        return await self.queue(self.names.pool(pool))

@@ -6,7 +6,7 @@ import msgspec
 
 from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo, JobFinished, StepRecorded
-from sasfleet.shared.messages.submit import MessageKind, RetrySpec, SubmitBatch, SubmitJob
+from sasfleet.shared.messages.submit import MessageKind, SubmitBatch, SubmitJob
 
 encoder = msgspec.json.Encoder()
 submit_decoder = msgspec.json.Decoder(SubmitJob)
@@ -17,7 +17,6 @@ event_decoder = msgspec.json.Decoder(StepRecorded)
 job_finished_decoder = msgspec.json.Decoder(JobFinished)
 error_decoder = msgspec.json.Decoder(ErrorInfo)
 any_decoder = msgspec.json.Decoder()
-retry_decoder = msgspec.json.Decoder(RetrySpec)
 
 # What decoding untrusted bytes may raise. msgspec raises RecursionError on very deep
 # nesting instead of a DecodeError; every consumer treats it as an undecodable message.

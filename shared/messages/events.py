@@ -30,9 +30,6 @@ class StepRecorded(
     by: str
 
 
-StepEvent = StepRecorded
-
-
 class JobFinished(msgspec.Struct, frozen=True, kw_only=True, tag="job_finished", tag_field="kind"):
     """Published to the submitter's ``reply_to`` when the job reaches a terminal state."""
 

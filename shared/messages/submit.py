@@ -62,7 +62,10 @@ IdempotencyKey = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=256,
-        description="A key seen before returns the existing job instead of creating a new one.",
+        description=(
+            "Without a job_id, the job's id is derived from this key, so a key seen before "
+            "returns the existing job instead of creating a new one."
+        ),
     ),
 ]
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=100, description="Attempts for the step.")]

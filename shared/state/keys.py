@@ -86,9 +86,6 @@ class Keys:
 
     # --- fleet-wide ---
 
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}:idem:{key}"
-
     @property
     def schedules(self) -> str:
         """Hash: schedule name -> its definition (JSON)."""

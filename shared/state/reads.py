@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import msgspec
+
 from sasfleet.shared.messages.codec import any_decoder
 from sasfleet.shared.state.connection import RedisClient
 from sasfleet.shared.state.keys import Keys
 from sasfleet.shared.state.views import HistoryEntry, JobView, StepView
+from sasfleet.shared.statemachine import RetryPolicy
+
+_policy_decoder = msgspec.json.Decoder(RetryPolicy)
 
 
 def _json(value: str | None) -> Any:
@@ -40,9 +45,9 @@ def _step(h: dict[str, str]) -> StepView:
         pool=h["pool"],
         status=h["status"],
         attempt=int(h["attempt"]),
-        max_attempts=int(h["max_attempts"]),
+        max_attempts=_policy_decoder.decode(h["policy"]).max_attempts,
         lease=int(h["lease"]),
-        timeout_ms=int(h["timeout_ms"]),
+        timeout_s=float(h["timeout_s"]),
         payload=_json(h.get("payload")),
         result=_json(h.get("result")),
         error=_json(h.get("error")),

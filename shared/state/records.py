@@ -1,141 +1,118 @@
-"""Typed inputs and outputs of the store's scripts."""
+"""The named, typed records that cross the Lua boundary: each script's input (``A`` in the
+script, JSON in ARGV[1]) and its answers (JSON, decoded here into Structs).
+
+A script's answer is decoded with ``strict=False``: fields a script copies from a Redis hash
+arrive as strings ("3") and are read as the numbers they are.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from sasfleet.shared.messages.codec import any_decoder, encode, error_decoder
+import msgspec
+
+from sasfleet.shared.messages.codec import any_decoder, error_decoder
+from sasfleet.shared.messages.dispatch import DispatchOrder
 from sasfleet.shared.messages.events import JobFinished
 
 
-@dataclass(frozen=True, slots=True)
-class NewStep:
-    """A step as recorded at submission; options already resolved against the fleet's
-    defaults, except ``max_attempts_explicit`` (None: the task's default decides)."""
-
-    task: str
-    pool: str
-    payload: bytes  # JSON
-    max_attempts: int
-    timeout_ms: int
-    schedule_to_start_ms: int = 300_000
-    max_attempts_explicit: int | None = None
-    compensation: str = ""
-    retry: bytes = b""  # JSON of the step's RetrySpec, "" for none
-    schedule_to_close_ms: int = 0
-    heartbeat_ms: int = 0
-    priority: str = ""
-
-    def fields(self) -> bytes:
-        """The step hash's fields, as one JSON object for create_job.lua."""
-        return encode(
-            {
-                "task": self.task,
-                "pool": self.pool,
-                "payload": self.payload.decode(),
-                "max_attempts": self.max_attempts,
-                "timeout_ms": self.timeout_ms,
-                "s2s_ms": self.schedule_to_start_ms,
-                "s2c_ms": self.schedule_to_close_ms,
-                "hb_ms": self.heartbeat_ms,
-                "priority": self.priority,
-                "compensation": self.compensation,
-                "retry": self.retry.decode(),
-                "max_explicit": ""
-                if self.max_attempts_explicit is None
-                else str(self.max_attempts_explicit),
-            }
-        )
+class _Input(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A script's input. Fields at their default are left out (a JSON null would reach
+    Lua as a truthy ``cjson.null``): the script reads them as nil."""
 
 
-@dataclass(frozen=True, slots=True)
-class NewJob:
+class _JobInput(_Input, frozen=True, kw_only=True, omit_defaults=True):
     job_id: str
-    steps: list[NewStep]
-    idempotency_key: str = ""
-    reply_to: str = ""
-    correlation_id: str = ""
-    traceparent: str = ""
-    notify: str = ""  # a Redis channel told of the job's end (the Python client's)
-    start_at_ms: int = 0  # 0 or the past: start at once
-    ttl_s: int = 7 * 24 * 3600  # how long the job's keys stay once it ends
+    now: int
+    by: str
+    step_prefix: str
+    ttl_s: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class DispatchOrder:
-    """What to publish to an agent pool for one attempt of one step."""
-
-    job_id: str
-    step: int
-    lease: int
-    attempt: int
-    task: str
-    pool: str
-    payload: str
-    timeout_ms: int
-    compensates: int | None = None
-    max_attempts: int | None = None  # when the step chose it
-    retry: str = ""  # JSON of the step's RetrySpec
-    heartbeat_ms: int = 0
-    priority: str = ""  # "high" routes to the pool's high-priority queue
-    traceparent: str = ""  # the job's trace context, for the spans of whoever dispatches
-
-    @classmethod
-    def from_reply(cls, job_id: str, reply: list[Any]) -> DispatchOrder:
-        # The trailing traceparent is optional so a reply without it still decodes.
-        traceparent = reply[13] if len(reply) > 13 else ""
-        (
-            _kind,
-            lease,
-            attempt,
-            task,
-            pool,
-            payload,
-            timeout_ms,
-            step,
-            compensates,
-            max_explicit,
-            retry,
-            heartbeat_ms,
-            priority,
-        ) = reply[:13]
-        return cls(
-            job_id,
-            int(step),
-            int(lease),
-            int(attempt),
-            task,
-            pool,
-            payload,
-            int(timeout_ms),
-            int(compensates) if compensates not in ("", None) else None,
-            int(max_explicit) if max_explicit not in ("", None) else None,
-            retry or "",
-            int(heartbeat_ms or 0),
-            priority or "",
-            traceparent or "",
-        )
+# Inputs, one per script -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CreateResult:
-    created: bool
-    job_status: str
-    step_status: str
-    order: DispatchOrder | None  # the current step's dispatch; None when there is none
-    start_at_ms: int = 0  # a delayed job's start
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """A job reached a terminal state (now, or before this duplicate announcement)."""
-
-    status: str
+class CreateJob(_JobInput, frozen=True, kw_only=True, omit_defaults=True):
+    steps: list[dict[str, Any]]  # each step's record: the option fields by their names
+    # Strings the job hash keeps, "" for none (required: a default would be left out).
+    idempotency_key: str
     reply_to: str
     correlation_id: str
-    result: str  # JSON or ""
-    error: str  # JSON or ""
+    traceparent: str
+    notify: str
+    start_at: int
+
+
+class StepInput(_JobInput, frozen=True, kw_only=True, omit_defaults=True):
+    """The input of a script acting on one step of a job (advance, recover, fire_timer,
+    release, cancel; claim and record add theirs)."""
+
+    step: int
+    lease: int = 0
+    announce_at: int = 0  # when a recorded outcome left unannounced is due for a supervisor
+    rand: float = 0.5  # spreads a retry's backoff by the policy's jitter
+
+
+class Claim(StepInput, frozen=True, kw_only=True, omit_defaults=True):
+    lease_ms: int
+    policy: str  # JSON of the resolved RetryPolicy
+
+
+class Record(StepInput, frozen=True, kw_only=True, omit_defaults=True):
+    result: str | None = None  # JSON
+    error: str | None = None  # JSON of an ErrorInfo
+    retry_after_ms: int | None = None
+    advance: bool = False
+
+
+class Settle(_Input, frozen=True, kw_only=True, omit_defaults=True):
+    job_id: str
+    step: int
+
+
+class Renew(_Input, frozen=True, kw_only=True, omit_defaults=True):
+    member: str
+    lease: int
+    now: int
+    lease_ms: int
+    progress: str | None = None  # JSON
+
+
+class ExpireAgent(_Input, frozen=True, kw_only=True, omit_defaults=True):
+    agent: str
+    now: int
+    before: str
+    after: str
+
+
+class ClaimDue(_Input, frozen=True, kw_only=True, omit_defaults=True):
+    member: str
+    now: int
+    until_ms: int
+
+
+class FailSubmission(_Input, frozen=True, kw_only=True, omit_defaults=True):
+    job_id: str
+    now: int
+    by: str
+    error: str  # JSON of an ErrorInfo
+    reply_to: str
+    correlation_id: str
+    ttl_s: int
+
+
+# Answers ------------------------------------------------------------------------------------
+
+
+class Finished(msgspec.Struct, frozen=True, kw_only=True, tag="finished", tag_field="kind"):
+    """A job reached a terminal state: now (``ended``), or before this duplicate."""
+
+    status: str
+    reply_to: str = ""
+    correlation_id: str = ""
+    result: str = ""  # JSON or ""
+    error: str = ""  # JSON or ""
+    ended: bool = False
 
     def message(self, job_id: str) -> JobFinished:
         """The reply a submitter gets for this job."""
@@ -147,14 +124,129 @@ class Finished:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Announce:
-    """A recorded outcome (or a final timeout) that a scheduler must take up."""
+class RetryLater(msgspec.Struct, frozen=True, kw_only=True, tag="retry_later", tag_field="kind"):
+    """The failed step waits for its backoff: a timer is due at ``due`` (ms)."""
+
+    due: int
+
+
+class Stale(msgspec.Struct, frozen=True, kw_only=True, tag="stale", tag_field="kind"):
+    """Nothing to do: a duplicate, late or superseded call (``why``), or a result whose
+    lease was taken over (the step's ``status`` and current ``lease``)."""
+
+    why: str = ""
+    status: str = ""
+    lease: int = 0
+
+
+# What follows an outcome (_lib.lua's follow); DispatchOrder's tag is "dispatch".
+FollowUp = DispatchOrder | Finished | RetryLater | Stale
+
+
+class Recorded(msgspec.Struct, frozen=True, kw_only=True, tag="recorded", tag_field="kind"):
+    """The outcome is recorded: announce it to a scheduler."""
+
+
+class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed", tag_field="kind"):
+    pass
+
+
+class Rejected(msgspec.Struct, frozen=True, kw_only=True, tag="rejected", tag_field="kind"):
+    status: str
+    lease: int
+
+
+class Created(msgspec.Struct, frozen=True, kw_only=True, tag="created", tag_field="kind"):
+    order: DispatchOrder
+
+
+class Scheduled(msgspec.Struct, frozen=True, kw_only=True, tag="scheduled", tag_field="kind"):
+    start_at: int
+
+
+class Exists(msgspec.Struct, frozen=True, kw_only=True, tag="exists", tag_field="kind"):
+    job_status: str
+    step_status: str
+    order: DispatchOrder | None = None  # its current attempt's dispatch, once it has one
+
+
+class NotDue(msgspec.Struct, frozen=True, kw_only=True, tag="not_due", tag_field="kind"):
+    pass
+
+
+class Gone(msgspec.Struct, frozen=True, kw_only=True, tag="gone", tag_field="kind"):
+    pass
+
+
+class Recovered(msgspec.Struct, frozen=True, kw_only=True, tag="recovered", tag_field="kind"):
+    """A supervisor's recovery: the step failed (``failure`` says why the deadline
+    passed), or a recorded outcome was followed up (``repair``); ``next`` follows."""
+
+    next: FollowUp
+    failure: str | None = None
+    repair: bool = False
+
+
+class Fired(msgspec.Struct, frozen=True, kw_only=True, tag="fired", tag_field="kind"):
+    """A timer fired: a retry, a delayed start, or (``failure``) a retry out of time."""
+
+    next: FollowUp
+    failure: str | None = None
+
+
+class Announce(msgspec.Struct, frozen=True, kw_only=True):
+    """A recorded outcome that a scheduler must take up."""
 
     step: int
     attempt: int
     lease: int
 
 
-AdvanceResult = DispatchOrder | Finished | int | None  # int: retry due (ms); None: stale
-RecoverResult = DispatchOrder | Announce | None  # None: nothing to do
+class CancelAnswer(msgspec.Struct, frozen=True, kw_only=True, tag="cancel", tag_field="kind"):
+    phase: str  # what the job is doing ("unknown": not recorded yet; a final status...)
+    announce: Announce | None = None  # the step stopped before it ran
+
+
+class Settled(msgspec.Struct, frozen=True, kw_only=True):
+    settled: bool
+
+
+class Renewal(msgspec.Struct, frozen=True, kw_only=True):
+    outcome: Literal["renewed", "lost", "cancel_requested"]
+
+
+class MadeDue(msgspec.Struct, frozen=True, kw_only=True):
+    made_due: int
+
+
+class ClaimedDue(msgspec.Struct, frozen=True, kw_only=True):
+    claimed: bool
+
+
+class Refused(msgspec.Struct, frozen=True, kw_only=True):
+    recorded: bool
+
+
+CreateAnswer = Created | Scheduled | Exists | Finished  # Finished: cancelled on arrival
+ClaimAnswer = Claimed | Rejected
+RecordAnswer = Recorded | Stale | DispatchOrder | Finished
+RecoverAnswer = NotDue | Gone | Recovered
+FireAnswer = Gone | Fired
+ReleaseAnswer = DispatchOrder | Stale
+
+# The answer of each script, by name.
+ANSWERS: dict[str, Any] = {
+    "create_job": CreateAnswer,
+    "claim": ClaimAnswer,
+    "record": RecordAnswer,
+    "advance": FollowUp,
+    "settle": Settled,
+    "recover": RecoverAnswer,
+    "fire_timer": FireAnswer,
+    "release": ReleaseAnswer,
+    "cancel": CancelAnswer,
+    "renew": Renewal,
+    "expire_agent": MadeDue,
+    "claim_due": ClaimedDue,
+    "fail_submission": Refused,
+}

@@ -6,9 +6,7 @@ import msgspec
 
 from sasfleet.shared.messages.codec import encode
 from sasfleet.shared.messages.schedule import Schedule
-from sasfleet.shared.state.connection import RedisClient
-from sasfleet.shared.state.keys import Keys
-from sasfleet.shared.state.scripts import script_source
+from sasfleet.shared.state.store import StateStore
 
 _decoder = msgspec.json.Decoder(Schedule)
 
@@ -16,10 +14,10 @@ _decoder = msgspec.json.Decoder(Schedule)
 class Schedules:
     """Adds, lists and removes schedules; hands out due ticks to exactly one scheduler."""
 
-    def __init__(self, redis: RedisClient, prefix: str) -> None:
-        self.redis = redis
-        self.keys = Keys(prefix)
-        self._claim = redis.register_script(script_source("claim_due"))
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.keys = store.keys
 
     async def add(self, schedule: Schedule, first_tick_ms: int) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -57,4 +55,5 @@ class Schedules:
 
     async def advance(self, name: str, tick_ms: int, next_tick_ms: int) -> bool:
         """Move ``name`` from ``tick_ms`` to its next tick; False if another scheduler did."""
-        return bool(await self._claim(keys=[self.keys.cron], args=[name, tick_ms, next_tick_ms]))
+        # Claimed while due at `tick_ms`: the first scheduler to move it owns the tick.
+        return await self.store.claim_due(self.keys.cron, name, next_tick_ms, now_ms=tick_ms)

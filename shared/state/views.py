@@ -29,7 +29,7 @@ class StepView(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     max_attempts: int
     lease: int
-    timeout_ms: int
+    timeout_s: float
     payload: Any = None
     result: Any = None
     error: Any = None

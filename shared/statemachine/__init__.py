@@ -1,10 +1,13 @@
-"""Pure step and job state logic: statuses, the table of legal moves, retry decisions.
+"""Pure step and job state logic: statuses, the tables of legal moves, the failure
+vocabulary and the retry policy.
 
-No I/O here: the Redis scripts receive the allowed "from" statuses from this table, and a
-test walks every pair against real Redis to prove the scripts accept exactly these moves.
+No I/O here: the Redis scripts get the statuses, moves and failure names from these
+tables in a generated prelude, and a test walks every pair against real Redis to prove the
+scripts make exactly these moves.
 """
 
-from sasfleet.shared.statemachine.retry import RetryPolicy, backoff_ms
+from sasfleet.shared.statemachine.failures import Failure, FailureKind
+from sasfleet.shared.statemachine.retry import RetryPolicy, resolve_policy
 from sasfleet.shared.statemachine.status import (
     JOB_TERMINAL,
     STEP_ACTIVE,
@@ -15,6 +18,7 @@ from sasfleet.shared.statemachine.status import (
 from sasfleet.shared.statemachine.transitions import (
     JOB_MOVES,
     STEP_MOVES,
+    JobMove,
     Move,
     job_sources,
     step_sources,
@@ -26,11 +30,14 @@ __all__ = [
     "STEP_ACTIVE",
     "STEP_MOVES",
     "STEP_TERMINAL",
+    "Failure",
+    "FailureKind",
+    "JobMove",
     "JobStatus",
     "Move",
     "RetryPolicy",
     "StepStatus",
-    "backoff_ms",
     "job_sources",
+    "resolve_policy",
     "step_sources",
 ]

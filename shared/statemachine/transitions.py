@@ -1,4 +1,5 @@
-"""The table of legal moves. Each named move is one Redis script (see ``shared/state/lua``)."""
+"""The tables of legal moves. The state scripts get them (with the statuses) in their
+prelude, generated from here, and check every change against them."""
 
 from __future__ import annotations
 
@@ -8,17 +9,17 @@ from sasfleet.shared.statemachine.status import JobStatus, StepStatus
 
 
 class Move(StrEnum):
-    """A named state change; the history records it as the event name."""
+    """A named state change of a step; the history records it as the event name."""
 
-    DISPATCH = "dispatch"  # scheduler: a pending step gets attempt 1
+    DISPATCH = "dispatch"  # a pending step gets attempt 1 (a job's next step, a compensation)
     CLAIM = "claim"  # agent: takes the attempt it was sent
     SUCCEED = "succeed"  # agent: handler returned
     FAIL = "fail"  # agent: handler raised (or the step cannot run)
-    RETRY_LATER = "retry_later"  # scheduler: a failed attempt waits for its backoff
-    RETRY = "retry"  # scheduler: the backoff timer fired (or schedule-to-close ran out)
-    REDISPATCH = "redispatch"  # supervisor: lease expired or never claimed, attempts left
-    TIMEOUT_FAIL = "timeout_fail"  # supervisor: deadline passed, no attempts (or time) left
-    CANCEL = "cancel"  # client: the job is cancelled before the step ran
+    RETRY_LATER = "retry_later"  # a failed attempt waits for its backoff
+    RETRY = "retry"  # scheduler: the backoff timer fired
+    TIMEOUT_FAIL = "timeout_fail"  # a deadline passed: the attempt failed (then as FAIL)
+    RELEASE = "release"  # agent shutting down: the attempt goes back to the pool
+    CANCEL = "cancel"  # the job is cancelled before the step ran
 
 
 _S = StepStatus
@@ -26,24 +27,36 @@ STEP_MOVES: dict[Move, tuple[frozenset[StepStatus], StepStatus]] = {
     Move.DISPATCH: (frozenset({_S.PENDING}), _S.DISPATCHED),
     Move.CLAIM: (frozenset({_S.DISPATCHED}), _S.RUNNING),
     Move.SUCCEED: (frozenset({_S.RUNNING}), _S.SUCCEEDED),
-    Move.FAIL: (frozenset({_S.RUNNING, _S.DISPATCHED}), _S.FAILED),
+    Move.FAIL: (frozenset({_S.RUNNING}), _S.FAILED),
     Move.RETRY_LATER: (frozenset({_S.FAILED}), _S.WAITING_RETRY),
     Move.RETRY: (frozenset({_S.WAITING_RETRY}), _S.DISPATCHED),
-    Move.REDISPATCH: (frozenset({_S.DISPATCHED, _S.RUNNING}), _S.DISPATCHED),
-    Move.TIMEOUT_FAIL: (frozenset({_S.DISPATCHED, _S.RUNNING}), _S.FAILED),
+    Move.TIMEOUT_FAIL: (frozenset({_S.DISPATCHED, _S.RUNNING, _S.WAITING_RETRY}), _S.FAILED),
+    Move.RELEASE: (frozenset({_S.RUNNING}), _S.DISPATCHED),
     Move.CANCEL: (frozenset({_S.PENDING, _S.DISPATCHED, _S.WAITING_RETRY}), _S.FAILED),
 }
 
+
+class JobMove(StrEnum):
+    """A named state change of a job (the history records it as the event name)."""
+
+    START = "start"
+    SUCCEED = "succeed"
+    FAIL = "failed"  # a step failed for good and there is nothing to compensate
+    COMPENSATE = "compensating"  # a step failed for good (or the job was cancelled)
+    COMPENSATED = "compensated"
+    ESCALATE = "escalated"  # a compensation could not finish
+    CANCEL = "cancelled"
+
+
 _J = JobStatus
-# Job moves by the event that causes them (decided inside advance.lua / fire_timer.lua).
-JOB_MOVES: dict[str, tuple[frozenset[JobStatus], JobStatus]] = {
-    "start": (frozenset({_J.PENDING}), _J.RUNNING),
-    "succeed": (frozenset({_J.RUNNING}), _J.SUCCEEDED),
-    "fail": (frozenset({_J.PENDING, _J.RUNNING}), _J.FAILED),  # nothing to compensate
-    "compensate": (frozenset({_J.RUNNING}), _J.COMPENSATING),
-    "compensated": (frozenset({_J.COMPENSATING}), _J.COMPENSATED),
-    "escalate": (frozenset({_J.COMPENSATING}), _J.ESCALATED),  # a compensation failed
-    "cancel": (frozenset({_J.PENDING, _J.RUNNING, _J.COMPENSATING}), _J.CANCELLED),
+JOB_MOVES: dict[JobMove, tuple[frozenset[JobStatus], JobStatus]] = {
+    JobMove.START: (frozenset({_J.PENDING}), _J.RUNNING),
+    JobMove.SUCCEED: (frozenset({_J.RUNNING}), _J.SUCCEEDED),
+    JobMove.FAIL: (frozenset({_J.RUNNING}), _J.FAILED),
+    JobMove.COMPENSATE: (frozenset({_J.RUNNING}), _J.COMPENSATING),
+    JobMove.COMPENSATED: (frozenset({_J.COMPENSATING}), _J.COMPENSATED),
+    JobMove.ESCALATE: (frozenset({_J.COMPENSATING}), _J.ESCALATED),
+    JobMove.CANCEL: (frozenset({_J.PENDING, _J.RUNNING, _J.COMPENSATING}), _J.CANCELLED),
 }
 
 
@@ -52,6 +65,6 @@ def step_sources(move: Move) -> frozenset[StepStatus]:
     return STEP_MOVES[move][0]
 
 
-def job_sources(event: str) -> frozenset[JobStatus]:
-    """The statuses a job may be in for ``event`` to apply."""
-    return JOB_MOVES[event][0]
+def job_sources(move: JobMove) -> frozenset[JobStatus]:
+    """The statuses a job may be in for ``move`` to apply."""
+    return JOB_MOVES[move][0]

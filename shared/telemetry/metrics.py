@@ -26,6 +26,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from sasfleet.shared.statemachine import Failure
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -155,9 +157,10 @@ TIMEOUTS = Counter(
 )
 RECOVERIES = Counter(
     "recoveries",
-    "Supervisor recoveries by kind (lease_expired, start_to_close_timeout, "
-    "schedule_to_start_timeout, schedule_to_close_timeout, cancelled, reannounce, republish) "
-    "and action (redispatch, fail, announce).",
+    "Supervisor recoveries by kind (why the deadline passed, as its failure's label: "
+    "lease_expired, start_to_close, schedule_to_start, schedule_to_close; or repair: an "
+    "outcome or a publish that no one followed up) and action (what followed: dispatch, "
+    "retry_later, finished, stale).",
     ["kind", "action"],
     namespace=_NS,
     registry=REGISTRY,
@@ -187,7 +190,7 @@ ESCALATIONS_REPORTED = Counter(
 DEAD_LETTERS = Counter(
     "dead_letters",
     "Messages parked in the dead-letter queue, by source queue and reason "
-    "(too_large, invalid, unknown_task, bad_message).",
+    "(too_large, invalid, unknown_task).",
     ["queue", "reason"],
     namespace=_NS,
     registry=REGISTRY,
@@ -218,20 +221,12 @@ READY = Gauge(
     registry=REGISTRY,
 )
 
-# Timeout error types (as recorded in a step's error) -> the `kind` label of TIMEOUTS.
-TIMEOUT_KINDS = {
-    "ScheduleToStartTimeout": "schedule_to_start",
-    "StartToCloseTimeout": "start_to_close",
-    "ScheduleToCloseTimeout": "schedule_to_close",
-    "HeartbeatTimeout": "heartbeat",
-}
-
 
 def count_timeout(error_type: str) -> None:
-    """Count a step error that is a timeout (other error types are ignored)."""
-    kind = TIMEOUT_KINDS.get(error_type)
-    if kind is not None:
-        TIMEOUTS.labels(kind).inc()
+    """Count a step error that is a timeout (by its failure's label; others are ignored)."""
+    failure = Failure.of(error_type)
+    if failure is not None and failure.is_timeout:
+        TIMEOUTS.labels(failure.label).inc()
 
 
 _exported = False

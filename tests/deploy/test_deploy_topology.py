@@ -109,7 +109,9 @@ NEEDS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     # Declares and consumes its pool's queues; publishes events, dead letters, and (on
     # shutdown) the steps it hands back.
     "agent": [*DECLARE_CORE, ("configure", POOLS), ("write", POOLS), ("read", POOLS)],
-    # Publishes re-dispatches (declaring the pool queue) and re-announced events.
+    # Publishes what follows a step it failed at a deadline or an outcome no one took up
+    # (a compensation's or the next step's dispatch, declaring the pool queue), and
+    # dispatches handed out again (republish).
     "supervisor": [*DECLARE_CORE, ("configure", POOLS), ("write", POOLS), ("read", POOLS)],
     # Publishes submissions and cancellation events; declares and consumes its private reply
     # queue (named by the server, amq.gen-*, or by aio-pika's robust channel, amq_<hex>).
@@ -182,7 +184,7 @@ def script_commands(name: str) -> set[str]:
 # script must be given to a role here, and its commands to that role's ACL user.
 SCRIPTS = {
     "scheduler": {"create_job", "fail_submission", "advance", "fire_timer", "claim_due"},
-    "agent": {"claim", "renew", "record", "release", "settle_advance"},
+    "agent": {"claim", "renew", "record", "release", "settle"},
     "supervisor": {"recover", "expire_agent", "claim_due"},
     "client": {"cancel"},
 }

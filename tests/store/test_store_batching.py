@@ -7,18 +7,24 @@ import asyncio
 from collections.abc import AsyncIterator
 from uuid import uuid4
 
+import msgspec
 import pytest
 from redis.exceptions import ResponseError
 from redis_cluster_support import RedisClusterNodes, RedisTarget
+from store_support import DEFAULTS, FLEET, TIMINGS
 
 from sasfleet.shared.clock import ManualClock
+from sasfleet.shared.messages.submit import StepSpec
 from sasfleet.shared.state.connection import RedisClient
-from sasfleet.shared.state.records import NewJob, NewStep
-from sasfleet.shared.state.store import StateStore
+from sasfleet.shared.state.store import NewJob, StateStore, step_record
+
+
+class Nothing(msgspec.Struct):
+    """An empty input record."""
 
 
 def job(job_id: str) -> NewJob:
-    return NewJob(job_id, [NewStep("echo", "default", b"{}", 3, 60_000)])
+    return NewJob(job_id, [step_record(StepSpec(task="echo", payload={}), DEFAULTS, FLEET)])
 
 
 async def _store_on(target: RedisTarget) -> AsyncIterator[StateStore]:
@@ -26,7 +32,7 @@ async def _store_on(target: RedisTarget) -> AsyncIterator[StateStore]:
     redis: RedisClient = target.connect()
     prefix = f"t-{uuid4().hex[:8]}"
     try:
-        yield StateStore(redis, prefix, ManualClock())
+        yield StateStore(redis, prefix, ManualClock(), TIMINGS)
     finally:
         async for key in redis.scan_iter(match=f"{prefix}:*"):
             await redis.delete(key)
@@ -45,14 +51,14 @@ async def test_calls_made_together_each_get_their_own_reply(store: StateStore) -
     assert [c.order.job_id for c in created if c.order] == ids
     # Every other claim holds a wrong lease: exactly those are refused.
     claims = await asyncio.gather(
-        *(store.claim(j, 0, 1 + i % 2, "agent-a", 2_000, 3) for i, j in enumerate(ids))
+        *(store.claim(j, 0, 1 + i % 2, "agent-a", FLEET) for i, j in enumerate(ids))
     )
     assert claims == [i % 2 == 0 for i in range(len(ids))]
 
 
 async def test_an_error_fails_only_its_own_call(store: StateStore) -> None:
     good = store.create_job(job("good"), "scheduler-1")
-    bad = store._run("claim", [store.keys.step("bad", 0)], [])  # too few keys and args
+    bad = store.run("claim", [store.keys.step("bad", 0)], Nothing())  # too few keys and fields
     replies = await asyncio.gather(good, bad, return_exceptions=True)
     assert replies[0].created is True  # type: ignore[union-attr]
     assert isinstance(replies[1], ResponseError)

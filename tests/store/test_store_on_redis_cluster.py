@@ -9,17 +9,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis_cluster_support import RedisClusterNodes, RedisTarget
+from store_support import DEFAULTS, FIRST_BACKOFF_MS, FLEET, TIMINGS
 
 from sasfleet.shared.clock import ManualClock
+from sasfleet.shared.messages.dispatch import DispatchOrder
+from sasfleet.shared.messages.submit import StepSpec
 from sasfleet.shared.state.agents import AgentRegistry, agent_connection_prefix
 from sasfleet.shared.state.connection import RedisClient, connect_redis
 from sasfleet.shared.state.keys import BUCKETS, parse_deadline_member
 from sasfleet.shared.state.reads import JobReader
-from sasfleet.shared.state.records import DispatchOrder, Finished, NewJob, NewStep
-from sasfleet.shared.state.store import StateStore
+from sasfleet.shared.state.records import Finished, Fired, Recorded, Recovered, RetryLater, Stale
+from sasfleet.shared.state.store import NewJob, StateStore, step_record
 
 JOBS = 4 * BUCKETS
-LEASE_MS, ANNOUNCE_MS = 2_000, 30_000
 
 
 @pytest.fixture
@@ -32,16 +34,16 @@ async def cluster_redis(redis_cluster: RedisClusterNodes) -> AsyncIterator[Redis
 
 
 def two_step_job(job_id: str) -> NewJob:
-    steps = [NewStep(f"task{i}", "default", b"{}", 3, 60_000, schedule_to_start_ms=5_000)
-             for i in range(2)]  # fmt: skip
-    return NewJob(job_id, steps)
+    spec = [StepSpec(task=f"task{i}", payload={}) for i in range(2)]
+    return NewJob(job_id, [step_record(s, DEFAULTS, FLEET) for s in spec])
 
 
 async def test_store_scripts_run_for_jobs_on_every_cluster_node(
     redis_cluster: RedisClusterNodes, cluster_redis: RedisClient
 ) -> None:
     prefix, clock = "cl-store", ManualClock()
-    store, reader = StateStore(cluster_redis, prefix, clock), JobReader(cluster_redis, prefix)
+    store = StateStore(cluster_redis, prefix, clock, TIMINGS)
+    reader = JobReader(cluster_redis, prefix)
     ids = [f"job-{i}" for i in range(JOBS)]
     assert {store.keys.bucket_of(j) for j in ids} == set(store.keys.buckets)
 
@@ -50,37 +52,43 @@ async def test_store_scripts_run_for_jobs_on_every_cluster_node(
     for job_id in ids:
         created = await store.create_job(two_step_job(job_id), "scheduler-1")
         assert created.created and created.order is not None
-        assert await store.claim(job_id, 0, created.order.lease, "agent-a", LEASE_MS, 3)
-        assert await store.record(
-            job_id, 0, created.order.lease, "agent-a", result=b"0",
-            retry_delay_ms=None, announce_after_ms=ANNOUNCE_MS,
-        )  # fmt: skip
-        nxt = await store.advance(job_id, 0, created.order.lease, "scheduler-1", ttl_s=600)
+        assert await store.claim(job_id, 0, created.order.lease, "agent-a", FLEET)
+        recorded = await store.record(job_id, 0, created.order.lease, "agent-a", result=b"0")
+        assert recorded == Recorded()
+        nxt = await store.advance(job_id, 0, created.order.lease, "scheduler-1")
         assert isinstance(nxt, DispatchOrder) and nxt.step == 1
-        assert await store.claim(job_id, 1, nxt.lease, "agent-b", LEASE_MS, 3)
+        assert await store.claim(job_id, 1, nxt.lease, "agent-b", FLEET)
         orders[job_id] = nxt
         clock.advance(1)
 
-    # agent-b dies: its steps (in every bucket) are made due and recovered by one scan.
+    # agent-b dies: its steps (in every bucket) are made due and recovered by one scan;
+    # each lost attempt fails and waits for its backoff, then its timer dispatches the next.
     assert await store.expire_agent("agent-b") == JOBS
     due = await store.due(10 * JOBS)
     assert sorted(parse_deadline_member(m) for m in due) == sorted((j, 1) for j in ids)
     for job_id in ids:
-        again = await store.recover(job_id, 1, "supervisor-1", announce_after_ms=ANNOUNCE_MS)
+        recovered = await store.recover(job_id, 1, "supervisor-1")
+        assert isinstance(recovered, Recovered) and recovered.failure == "LeaseExpired"
+        assert isinstance(recovered.next, RetryLater)
+    assert await store.due(10 * JOBS) == []
+    clock.advance(FIRST_BACKOFF_MS)
+    timers = await store.timers_due(10 * JOBS)
+    assert sorted(parse_deadline_member(m) for m in timers) == sorted((j, 1) for j in ids)
+    for job_id in ids:
+        fired = await store.fire_timer(job_id, 1, "scheduler-1")
+        assert isinstance(fired, Fired)
+        again = fired.next
         assert isinstance(again, DispatchOrder) and again.attempt == 2
-        assert not await store.record(  # agent-b's late result is refused
-            job_id, 1, orders[job_id].lease, "agent-b", result=b"late",
-            retry_delay_ms=None, announce_after_ms=ANNOUNCE_MS,
-        )  # fmt: skip
-        assert await store.claim(job_id, 1, again.lease, "agent-c", LEASE_MS, 3)
-        assert await store.record(
-            job_id, 1, again.lease, "agent-c", result=b"1",
-            retry_delay_ms=None, announce_after_ms=ANNOUNCE_MS,
-        )  # fmt: skip
-        done = await store.advance(job_id, 1, again.lease, "scheduler-1", ttl_s=600)
+        late = await store.record(job_id, 1, orders[job_id].lease, "agent-b", result=b"late")
+        assert late == Stale(status="dispatched", lease=again.lease)  # agent-b's is refused
+        assert await store.claim(job_id, 1, again.lease, "agent-c", FLEET)
+        recorded = await store.record(job_id, 1, again.lease, "agent-c", result=b"1")
+        assert recorded == Recorded()
+        done = await store.advance(job_id, 1, again.lease, "scheduler-1")
         assert isinstance(done, Finished) and (done.status, done.result) == ("succeeded", "1")
 
     assert await store.due(10 * JOBS) == []
+    assert await store.timers_due(10 * JOBS) == []
     # The jobs index of every bucket merges back into creation order.
     assert await reader.job_ids(JOBS, newest_first=False) == ids
     view = await reader.job(ids[-1])

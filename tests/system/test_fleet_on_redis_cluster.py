@@ -4,6 +4,7 @@ agent's steps are recovered as on one Redis (tests/store runs every script on th
 from __future__ import annotations
 
 import pytest
+from history_support import events, timed_out_and_retried
 from redis_cluster_support import RedisClusterNodes
 
 
@@ -28,12 +29,12 @@ async def test_fleet_on_a_redis_cluster_recovers_a_killed_agents_steps(
         outcome = await client.wait(job_id, timeout=60)
         assert outcome.status == "succeeded", (job_id, outcome)
     views = [await client.get(j) for j in ids]
-    redispatched = [
-        v for v in views if v is not None and any(h.event == "redispatch" for h in v.history)
-    ]
-    # The killed agent held up to 8 steps; each ran again after a supervisor redispatch.
-    assert redispatched
-    for view in redispatched:
-        (again,) = [h for h in view.history if h.event == "redispatch"]
-        assert f"-{killed.pid}-" in (again.detail or "") and again.by.startswith("supervisor-")
+    recovered = [v for v in views if v is not None and events(v.history, "timeout_fail")]
+    # The killed agent held up to 8 steps; each failed at its lease's deadline (the
+    # supervisor's timeout_fail, naming the dead agent) and ran again as attempt 2.
+    assert recovered
+    for view in recovered:
+        timeout, _, _ = timed_out_and_retried(view.history, 0, 1)
+        assert f"-{killed.pid}-" in (timeout.detail or "")
+        assert (timeout.detail or "").startswith("LeaseExpired: "), timeout
         assert view.status == "succeeded" and view.steps[0].attempt == 2

@@ -63,7 +63,7 @@ VALID: dict[str, dict[str, Any]] = {
         "attempt": 1,
         "lease": 1,
         "idempotency_key": "j:0",
-        "timeout_ms": 1000,
+        "timeout_s": 1,
         "payload": {},
     },
 }

@@ -231,3 +231,34 @@ async def test_counters_match_a_known_workload_exactly(
         assert value(samples, "sasfleet_amqp_connected") == 1
         assert value(samples, "sasfleet_ready") == 1
         assert value(samples, "process_resident_memory_bytes") > 0
+
+
+async def test_a_timeout_is_counted_by_its_kind_and_by_what_followed_it(
+    start_services, client, pools
+):
+    # No agent serves the pool: each attempt's schedule-to-start deadline passes. The
+    # supervisor fails attempt 1 and follows it with a retry timer, which a scheduler
+    # fires; then it fails attempt 2 and, with no attempts left, ends the job.
+    pools.add("nobody")
+    ports = {role: free_port() for role in ("scheduler", "supervisor")}
+    start_services(*((role, ("--metrics-port", str(port))) for role, port in ports.items()))
+    job_id = await client.submit(
+        "echo", {"x": 1}, pool="nobody", schedule_to_start_s=0.3, max_attempts=2
+    )
+
+    outcome = await client.wait(job_id, timeout=20)
+
+    assert outcome.status == "failed"
+    assert outcome.error is not None and outcome.error.type == "ScheduleToStartTimeout"
+    sched, sup = await scrape(ports["scheduler"]), await scrape(ports["supervisor"])
+    kind = ("kind", "schedule_to_start")
+    assert series(sup, "sasfleet_recoveries_total") == {
+        (("action", "retry_later"), kind): 1,
+        (("action", "finished"), kind): 1,
+    }
+    assert series(sup, "sasfleet_step_timeouts_total") == {(kind,): 2}
+    # The job ended in the supervisor's recovery, so it is counted there (once).
+    assert series(sup, "sasfleet_jobs_finished_total") == {(("status", "failed"),): 1}
+    assert series(sched, "sasfleet_step_retries_total") == {(("task", "echo"),): 1}
+    assert series(sched, "sasfleet_step_timeouts_total") == {}
+    assert series(sched, "sasfleet_jobs_finished_total") == {}

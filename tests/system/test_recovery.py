@@ -1,4 +1,9 @@
-"""Retries and recovery: failing handlers, a SIGKILLed agent, racing supervisors."""
+"""Retries and recovery: failing handlers, a SIGKILLed agent, racing supervisors.
+
+A step whose agent is lost (killed, hung) fails at its lease's deadline like any failure:
+the supervisor records ``timeout_fail`` (``LeaseExpired``) and follows it at once with the
+step's backoff (``retry_later``); a scheduler's timer then dispatches the next attempt
+under a new lease (``retry``)."""
 
 from __future__ import annotations
 
@@ -10,18 +15,17 @@ from collections import Counter
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
-from history_support import events, job_end, written_by
+from history_support import events, job_end, timed_out_and_retried, written_by
 
 from sasfleet.shared.amqp.consumer import Ack, Delivery
 from sasfleet.shared.amqp.topology import Names, Topology, queue_arguments
 from sasfleet.shared.connections import connected
+from sasfleet.shared.messages.dispatch import DispatchOrder
 from sasfleet.shared.messages.submit import StepSpec
-from sasfleet.shared.state.records import DispatchOrder
-from sasfleet.shared.state.store import StateStore
-from sasfleet.shared.statemachine import JOB_TERMINAL
+from sasfleet.shared.state.records import Stale
+from sasfleet.shared.state.store import StateStore, StoreTimings
+from sasfleet.shared.statemachine import JOB_TERMINAL, resolve_policy
 from sasfleet.tools.purge import purge_fleet
-
-RETRY_EVENTS = ("redispatch", "retry")
 
 
 async def test_failing_handler_is_retried_until_attempts_run_out(services, client):
@@ -40,8 +44,8 @@ async def test_failing_handler_is_retried_until_attempts_run_out(services, clien
     h = view.history
     (fail_1,) = events(h, "fail", step=0, attempt=1)
     (retry,) = events(h, "retry_later", step=0)
-    # The due retry timer re-dispatches attempt 2 (fired by a scheduler or a supervisor).
-    (again,) = [e for e in h if e.event in RETRY_EVENTS and e.step == 0]
+    # The due retry timer dispatches attempt 2 (fired by a scheduler).
+    (again,) = events(h, "retry", step=0)
     (claim_2,) = events(h, "claim", step=0, attempt=2)
     (fail_2,) = events(h, "fail", step=0, attempt=2)
     (job_fail,) = job_end(h)
@@ -51,10 +55,7 @@ async def test_failing_handler_is_retried_until_attempts_run_out(services, clien
     assert written_by(retry, "scheduler", services.scheduler.pid)
     assert again.attempt == 2 and again.previous == "waiting_retry"
     assert again.status == "dispatched"
-    assert any(
-        written_by(again, role, s.pid)
-        for role, s in (("scheduler", services.scheduler), ("supervisor", services.supervisor))
-    ), again
+    assert written_by(again, "scheduler", services.scheduler.pid), again
     assert again.lease > fail_1.lease
     assert claim_2.lease == fail_2.lease == again.lease
     assert job_fail.status == "failed"
@@ -75,7 +76,7 @@ async def test_non_retryable_failure_fails_the_job_after_one_attempt(services, c
     assert not events(view.history, "retry_later")
 
 
-async def test_step_of_a_sigkilled_agent_is_redispatched_and_succeeds(
+async def test_step_of_a_sigkilled_agent_runs_again_under_a_new_lease_and_succeeds(
     fleet, services, client, jobs
 ):
     job_id = await client.submit("sleep", {"seconds": 3})
@@ -95,28 +96,30 @@ async def test_step_of_a_sigkilled_agent_is_redispatched_and_succeeds(
     assert view is not None and view.status == "succeeded"
     h = view.history
     (claim_1,) = events(h, "claim", step=0, attempt=1)
-    (redispatch,) = events(h, "redispatch", step=0)
+    # The supervisor failed attempt 1 (its agent is gone), followed that failure with the
+    # step's backoff, and a scheduler's timer dispatched attempt 2 under a new lease.
+    timeout, wait, retry = timed_out_and_retried(h, 0, 1)
     (claim_2,) = events(h, "claim", step=0, attempt=2)
     (succeed,) = events(h, "succeed", step=0)
     assert written_by(claim_1, "agent-default", killed.pid)
-    assert redispatch.by.startswith("supervisor-")
-    assert written_by(redispatch, "supervisor", services.supervisor.pid)
-    assert redispatch.attempt == 2
-    assert redispatch.previous == "running"
-    assert "lease expired" in (redispatch.detail or "")
-    assert claim_1.by in (redispatch.detail or "")  # names the dead agent
+    assert written_by(timeout, "supervisor", services.supervisor.pid)
+    assert written_by(wait, "supervisor", services.supervisor.pid)
+    assert (timeout.lease, timeout.previous) == (claim_1.lease, "running")
+    assert (timeout.detail or "").startswith("LeaseExpired: attempt 1: lease expired"), timeout
+    assert claim_1.by in (timeout.detail or "")  # names the dead agent
+    assert written_by(retry, "scheduler", services.scheduler.pid)
     assert written_by(claim_2, "agent-default", replacement.pid)
-    assert claim_2.lease == redispatch.lease > claim_1.lease
+    assert claim_2.lease == retry.lease > claim_1.lease
     assert (succeed.attempt, succeed.lease) == (2, claim_2.lease)
     assert written_by(succeed, "agent-default", replacement.pid)
-    assert h.index(claim_1) < h.index(redispatch) < h.index(claim_2) < h.index(succeed)
+    assert h.index(claim_1) < h.index(timeout) < h.index(claim_2) < h.index(succeed)
     assert (view.steps[0].attempt, view.steps[0].lease) == (2, claim_2.lease)
-    assert not events(h, "fail", step=0)
+    assert not events(h, "fail", step=0)  # the dead agent recorded nothing
 
 
 # Both supervisors scan every 10 ms, so their scans of the same due entries overlap.
 @pytest.mark.fleet_env(SASFLEET_SUPERVISOR_TICK_S="0.01")
-async def test_racing_supervisors_recover_each_overdue_attempt_once(
+async def test_racing_supervisors_fail_and_follow_each_overdue_attempt_once(
     fleet, start_services, client, jobs
 ):
     # Two supervisors scan the same deadlines; one agent runs every step.
@@ -145,26 +148,35 @@ async def test_racing_supervisors_recover_each_overdue_attempt_once(
     for job_id in job_ids:
         view = await client.get(job_id)
         assert view is not None and view.status == "succeeded"
-        redispatches = events(view.history, "redispatch")
-        per_attempt = Counter(e.attempt for e in redispatches)
+        h = view.history
+        # Each overdue attempt was failed once and its failure followed once...
+        fails = events(h, "timeout_fail")
+        per_attempt = Counter(e.attempt for e in fails)
         assert per_attempt and all(c == 1 for c in per_attempt.values()), (
             job_id,
-            [(e.attempt, e.lease, e.by) for e in redispatches],
+            [(e.attempt, e.lease, e.by) for e in fails],
         )
-        assert sorted(per_attempt) == list(range(2, 2 + len(per_attempt)))
-        leases = [e.lease for e in redispatches]
-        assert len(set(leases)) == len(leases)
-        for e in redispatches:
-            pid = next((p for p in supervisors if written_by(e, "supervisor", p)), None)
-            assert pid is not None, e
+        assert sorted(per_attempt) == list(range(1, 1 + len(per_attempt)))
+        assert Counter(e.attempt for e in events(h, "retry_later")) == per_attempt
+        # ...by one supervisor (the failure and what follows it are one atomic step), and
+        # each next attempt dispatched once by a scheduler, under a lease of its own.
+        for attempt in per_attempt:
+            timeout, _, _ = timed_out_and_retried(h, 0, attempt)
+            pid = next((p for p in supervisors if written_by(timeout, "supervisor", p)), None)
+            assert pid is not None, timeout
             recovered_by[pid] += 1
-        assert len(events(view.history, "succeed", step=0)) == 1
+        retries = events(h, "retry")
+        assert sorted(e.attempt for e in retries) == [a + 1 for a in sorted(per_attempt)]
+        leases = [e.lease for e in retries]
+        assert len(set(leases)) == len(leases)
+        assert len(events(h, "succeed", step=0)) == 1
     assert scheduler.alive() and supervisor_a.alive() and supervisor_b.alive()
-    print(f"redispatches by supervisor pid: {dict(recovered_by)}")
+    print(f"timeouts failed by supervisor pid: {dict(recovered_by)}")
 
 
 async def test_superseded_attempt_cannot_change_the_step(services, client, jobs, redis, settings):
-    # The agent hangs (SIGSTOP) mid-step: its lease expires and attempt 2 is dispatched.
+    # The agent hangs (SIGSTOP) mid-step: its lease expires, the supervisor fails attempt
+    # 1 and attempt 2 is dispatched after its backoff.
     # Resumed, the agent either drops attempt 1 on its next lease check or records its
     # late result, which must be rejected. Either way nothing is recorded under lease 1.
     agent = services.agent
@@ -181,24 +193,18 @@ async def test_superseded_attempt_cannot_change_the_step(services, client, jobs,
     finally:
         agent.signal(signal.SIGCONT)
     (claim_1,) = events(taken_over.history, "claim", step=0, attempt=1)
-    (redispatch,) = events(taken_over.history, "redispatch", step=0, attempt=2)
-    assert written_by(redispatch, "supervisor", services.supervisor.pid)
-    assert "lease expired" in (redispatch.detail or "")
-    assert redispatch.lease > claim_1.lease
+    timeout, _, retry = timed_out_and_retried(taken_over.history, 0, 1)
+    assert written_by(timeout, "supervisor", services.supervisor.pid)
+    assert "lease expired" in (timeout.detail or "")
+    assert timeout.lease == claim_1.lease < retry.lease
 
     # A late write under the superseded lease, as a hung agent would make it.
     late_writer = "agent-late-writer-test"
-    store = StateStore(redis, settings.prefix)
-    accepted = await store.record(
-        job_id,
-        0,
-        claim_1.lease,
-        late_writer,
-        result=b'{"late":true}',
-        retry_delay_ms=None,
-        announce_after_ms=30_000,
+    store = StateStore(redis, settings.prefix, timings=StoreTimings.of(settings))
+    answer = await store.record(
+        job_id, 0, claim_1.lease, late_writer, result=b'{"late":true}', advance=True
     )
-    assert accepted is False
+    assert isinstance(answer, Stale) and answer.lease >= retry.lease, answer
 
     view = await jobs.until(
         job_id, lambda v: v.status in JOB_TERMINAL, timeout=30, what="a terminal state"
@@ -208,7 +214,7 @@ async def test_superseded_attempt_cannot_change_the_step(services, client, jobs,
     assert (rejected.step, rejected.lease, rejected.status) == (0, claim_1.lease, "succeeded")
     assert rejected.previous in ("dispatched", "running")
     assert (rejected.detail or "").startswith("current lease ")
-    assert int((rejected.detail or "0").rsplit(" ", 1)[-1]) >= redispatch.lease
+    assert int((rejected.detail or "0").rsplit(" ", 1)[-1]) >= retry.lease
     # The hung agent's own late result, if it made one, was rejected the same way.
     for e in events(h, "stale_result_rejected"):
         assert e.lease < view.steps[0].lease, e
@@ -216,7 +222,7 @@ async def test_superseded_attempt_cannot_change_the_step(services, client, jobs,
     assert not [e for e in h if e.event in ("succeed", "fail") and e.lease == claim_1.lease]
     assert view.steps[0].result != {"late": True}
     assert view.result != {"late": True}
-    assert view.steps[0].lease >= redispatch.lease
+    assert view.steps[0].lease >= retry.lease
     assert agent.alive()
 
 
@@ -266,18 +272,12 @@ async def test_next_step_whose_agent_died_before_publishing_it_runs_as_its_first
         job_id, lambda v: v.steps[0].status == "dispatched", timeout=15, what="step 0 dispatched"
     )
     lease = view.steps[0].lease
-    store = StateStore(redis, settings.prefix)
-    assert await store.claim(job_id, 0, lease, "agent-by-hand", 10_000, 1)
-    order = await store.record(
-        job_id,
-        0,
-        lease,
-        "agent-by-hand",
-        result=b'{"n":0}',
-        retry_delay_ms=None,
-        announce_after_ms=int(settings.advance_grace_s * 1000),
-        finish_ttl_s=settings.job_ttl_s,
-    )
+    store = StateStore(redis, settings.prefix, timings=StoreTimings.of(settings))
+    policy = resolve_policy(settings.retry_policy(), (1, None))
+    assert await store.claim(job_id, 0, lease, "agent-by-hand", policy)
+    # As an agent records a forward success: the record follows it with step 1's dispatch,
+    # which this "agent" never publishes (nor settles).
+    order = await store.record(job_id, 0, lease, "agent-by-hand", result=b'{"n":0}', advance=True)
     assert isinstance(order, DispatchOrder) and (order.step, order.attempt) == (1, 1)
 
     outcome = await client.wait(job_id, timeout=30)
@@ -295,7 +295,7 @@ async def test_next_step_whose_agent_died_before_publishing_it_runs_as_its_first
     assert republish.ts - dispatch.ts >= 1000  # the recorded step's grace ran out first
     (claim,) = events(h, "claim", step=1)
     assert written_by(claim, "agent-default", services.agent.pid) and claim.lease == order.lease
-    assert not events(h, "redispatch") and not events(h, "timeout_fail")
+    assert not [e for e in h if e.event in ("timeout_fail", "retry_later", "retry")]
 
 
 async def test_an_agent_refused_its_queue_at_start_waits_then_serves_it(

@@ -1,11 +1,15 @@
 """The four timeouts through the real services: start-to-close, schedule-to-start,
-schedule-to-close (of a running attempt and across retries) and heartbeat."""
+schedule-to-close (of a running attempt and across retries) and heartbeat.
+
+A deadline that passes fails the attempt like any failure (the supervisor's
+``timeout_fail``, typed by the timeout), followed as any failure is: a retry after the
+step's backoff while it has attempts (and time) left, else the job's end."""
 
 from __future__ import annotations
 
 import asyncio
 
-from history_support import events, job_end, view_of
+from history_support import events, job_end, timed_out_and_retried, view_of
 
 from sasfleet.shared.messages.submit import RetrySpec
 
@@ -28,9 +32,7 @@ async def test_start_to_close_timeout_fails_the_attempt(services, client):
     assert fail.ts - claim.ts >= 500
 
 
-async def test_schedule_to_start_timeout_redispatches_then_fails(
-    services, client, pools, eventually
-):
+async def test_schedule_to_start_timeout_retries_then_fails(services, client, pools, eventually):
     pools.add("nobody")  # no agent serves it; teardown deletes its queue
     job_id = await client.submit(
         "echo", {"x": 1}, pool="nobody", schedule_to_start_s=0.5, max_attempts=2
@@ -45,14 +47,28 @@ async def test_schedule_to_start_timeout_redispatches_then_fails(
     assert (step.status, step.attempt, step.pool) == ("failed", 2, "nobody")
     assert step.error["type"] == "ScheduleToStartTimeout"
     h = view.history
-    dispatches = [e for e in h if e.event in ("dispatch", "redispatch") and e.step == 0]
-    assert [(d.event, d.attempt) for d in dispatches] == [("dispatch", 1), ("redispatch", 2)]
-    assert dispatches[1].detail == "not claimed in time"
-    assert dispatches[1].ts - dispatches[0].ts >= 500
-    (timeout,) = events(h, "timeout_fail", step=0)
-    assert (timeout.attempt, timeout.detail) == (2, "not claimed in time")
-    assert timeout.ts - dispatches[1].ts >= 500
+    dispatches = [e for e in h if e.event in ("dispatch", "retry") and e.step == 0]
+    assert [(d.event, d.attempt) for d in dispatches] == [("dispatch", 1), ("retry", 2)]
+    # Attempt 1 was not claimed in time: failed by the supervisor, retried after its backoff.
+    first, _, retry = timed_out_and_retried(h, 0, 1)
+    assert retry == dispatches[1]
+    assert (first.previous, first.detail) == (
+        "dispatched",
+        "ScheduleToStartTimeout: attempt 1: not claimed in time",
+    )
+    assert first.ts - dispatches[0].ts >= 500
+    # Attempt 2 neither: no attempts left, the job failed.
+    (timeout,) = events(h, "timeout_fail", step=0, attempt=2)
+    assert (timeout.previous, timeout.detail) == (
+        "dispatched",
+        "ScheduleToStartTimeout: attempt 2: not claimed in time",
+    )
+    assert timeout.ts - retry.ts >= 500
     assert timeout.by.startswith("supervisor-")
+    (end,) = job_end(h)
+    assert (end.status, end.by) == ("failed", timeout.by)
+    assert h.index(timeout) < h.index(end)
+    assert len(events(h, "retry_later")) == 1
     assert not events(h, "claim")
 
 
@@ -67,11 +83,18 @@ async def test_schedule_to_close_timeout_stops_a_running_attempt(services, clien
     (step,) = view.steps
     assert (step.status, step.error["type"]) == ("failed", "ScheduleToCloseTimeout")
     assert step.attempt == 1 < step.max_attempts  # no further attempt
-    (dispatch,) = events(view.history, "dispatch", step=0)
-    (timeout,) = events(view.history, "timeout_fail", step=0)
-    assert timeout.detail == "schedule-to-close timeout"
+    h = view.history
+    (dispatch,) = events(h, "dispatch", step=0)
+    (claim,) = events(h, "claim", step=0)
+    (timeout,) = events(h, "timeout_fail", step=0)
+    assert timeout.detail == "ScheduleToCloseTimeout: attempt 1: schedule-to-close timeout"
+    assert (timeout.attempt, timeout.lease, timeout.previous) == (1, claim.lease, "running")
+    assert timeout.by.startswith("supervisor-")
     assert 1000 <= timeout.ts - dispatch.ts < 3000
-    assert not events(view.history, "redispatch")
+    # The step's time is up: no backoff, no other attempt.
+    assert not [e for e in h if e.event in ("retry_later", "retry")]
+    (end,) = job_end(h)
+    assert (end.status, end.by) == ("failed", timeout.by)
 
 
 async def test_schedule_to_close_timeout_ends_retries_before_max_attempts(services, client):
@@ -100,7 +123,11 @@ async def test_schedule_to_close_timeout_ends_retries_before_max_attempts(servic
     (fail_2,) = events(h, "fail", step=0, attempt=2)
     (timeout,) = events(h, "timeout_fail", step=0)
     (end,) = job_end(h)
-    assert (timeout.attempt, timeout.detail) == (2, "schedule-to-close timeout")
+    # Followed at the failure of attempt 2: the next attempt would start too late.
+    assert timeout.attempt == 2 and timeout.lease == fail_2.lease
+    assert timeout.detail == (
+        "ScheduleToCloseTimeout: no time left for attempt 3 (last error: RuntimeError: still down)"
+    )
     assert h.index(fail_2) < h.index(timeout) < h.index(end)
     assert not events(h, "claim", step=0, attempt=3)
 

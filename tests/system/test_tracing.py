@@ -24,6 +24,7 @@ from otlp_support import (
     OtlpReceiver,
     SpanRecord,
     attempt_span,
+    matching,
     one,
     otel_env,
     serve_otlp,
@@ -349,20 +350,33 @@ async def test_a_supervisor_recovery_is_a_span_of_the_jobs_trace(
     assert status == "succeeded"
 
     def recovered(spans: list[SpanRecord]) -> bool:
-        return any(s.name.startswith("recover ") for s in spans) and any(
-            s.name == "run sleep" and s.attr("sasfleet.step.attempt") == 2 for s in spans
+        names = {s.name for s in spans}
+        return (
+            {"retry sleep"} <= names
+            and any(n.startswith("recover ") for n in names)
+            and any(s.name == "run sleep" and s.attr("sasfleet.step.attempt") == 2 for s in spans)
         )
 
     spans = await otlp.wait_for(recovered, timeout=20, what="the recovery's spans")
     (root,) = [s for s in spans if not s.parent_id]
     assert {s.trace_id for s in spans} == {root.trace_id}
+    # The supervisor failed attempt 1 (its lease expired with its agent) and followed the
+    # failure with the step's backoff: an error span of the job's trace, publishing nothing.
     recovery = one(spans, service="sasfleet-supervisor", kind=INTERNAL)
-    assert recovery.name in ("recover lease_expired", "recover start_to_close_timeout")
+    assert recovery.name == "recover lease_expired"
+    assert recovery.attr("sasfleet.recovery.kind") == "lease_expired"
     assert recovery.parent_id == root.span_id  # the job's stored traceparent
+    assert (recovery.attr("sasfleet.job.id"), recovery.attr("sasfleet.step.index")) == (job_id, 0)
     assert recovery.status == ERROR
-    assert recovery.attr("sasfleet.recovery.action") == "redispatch"
-    assert recovery.attr("sasfleet.step.attempt") == 2
-    redispatch = one(spans, parent_id=recovery.span_id, kind=PRODUCER)
+    assert recovery.attr("sasfleet.recovery.action") == "retry_later"
+    assert not matching(spans, parent_id=recovery.span_id)
+    # The scheduler's timer fired the retry: its span joins the job's trace and the
+    # dispatch of attempt 2 is published under it.
+    retry = one(spans, service="sasfleet-scheduler", kind=INTERNAL, name="retry sleep")
+    assert retry.parent_id == root.span_id
+    assert retry.attr("sasfleet.step.attempt") == 2
+    assert retry.start_ns >= recovery.start_ns
+    redispatch = one(spans, parent_id=retry.span_id, kind=PRODUCER)
     assert redispatch.attr("sasfleet.step.attempt") == 2
     second = one(spans, name="run sleep", **{"sasfleet__step__attempt": 2})
     assert spans and by_parent(spans, second) == redispatch.span_id

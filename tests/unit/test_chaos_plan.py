@@ -76,7 +76,7 @@ def test_the_classifier_accepts_valid_messages() -> None:
             "attempt": 1,
             "lease": 1,
             "idempotency_key": "j:0",
-            "timeout_ms": 1000,
+            "timeout_s": 1,
             "payload": {},
         },
     }
@@ -102,7 +102,7 @@ def step_view(index: int, status: str, lease: int, **kw: Any) -> StepView:
         attempt=1,
         max_attempts=30,
         lease=lease,
-        timeout_ms=1000,
+        timeout_s=1,
         **kw,
     )
 

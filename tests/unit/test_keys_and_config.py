@@ -18,6 +18,7 @@ from sasfleet.shared.ids import (
     is_valid_job_id,
     job_id_for_key,
     new_job_id,
+    submitted_job_id,
 )
 from sasfleet.shared.state.keys import Keys, deadline_member, parse_deadline_member
 
@@ -50,7 +51,6 @@ def test_key_formats() -> None:
     assert K.agent_steps("a-1", b) == f"fleet1:{{b{b}}}:agent-steps:a-1"
     before, after = K.step_key_format(b)
     assert before + JOB + after + "3" == K.step(JOB, 3)
-    assert K.idempotency("order-7") == "fleet1:idem:order-7"
     assert (K.agents, K.agent("a-1")) == ("fleet1:{agents}:agents", "fleet1:{agents}:agent:a-1")
     assert (K.schedules, K.cron) == ("fleet1:{cron}:schedules", "fleet1:{cron}:cron")
     assert K.pattern() == "fleet1:*"
@@ -88,7 +88,6 @@ def test_every_key_lives_under_the_fleet_prefix_so_fleets_do_not_collide() -> No
     for keys in (a, b):
         names = [
             *per_job_keys(keys, JOB),
-            keys.idempotency("k"),
             keys.deadlines(0),
             keys.jobs(0),
             keys.agents,
@@ -139,6 +138,17 @@ def test_job_id_for_key_is_deterministic_distinct_and_valid() -> None:
 @given(st.text(min_size=1, max_size=256))
 def test_any_idempotency_key_maps_to_a_valid_job_id(key: str) -> None:
     assert is_valid_job_id(job_id_for_key(key))
+
+
+def test_a_submitted_job_gets_the_id_it_names_else_its_keys_else_the_message_id() -> None:
+    assert submitted_job_id("mine", "k", "m-1") == "mine"
+    assert submitted_job_id(None, "order-7", "m-1") == job_id_for_key("order-7")
+    assert submitted_job_id(None, None, "m-1") == "m-1"
+    assert submitted_job_id(None, None, "m-1", 3) == "m-1.3"  # job 3 of a batch
+    fresh = submitted_job_id(None, None, None)
+    assert fresh is not None and is_valid_job_id(fresh) and fresh != submitted_job_id(None, None)
+    assert submitted_job_id(None, None, "not {valid}") is None
+    assert submitted_job_id(None, None, "x" * 128, 1) is None  # too long with its index
 
 
 def test_instance_id_names_the_role_and_is_unique() -> None:

@@ -9,7 +9,6 @@ import json
 import logging
 import time
 from collections import Counter
-from importlib import resources
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -17,7 +16,9 @@ from rich.console import Console
 
 from sasfleet.cli.render import render_job
 from sasfleet.cli.top import Snapshot, render
+from sasfleet.shared.state.records import Recovered, Stale
 from sasfleet.shared.state.views import AgentView, JobView
+from sasfleet.shared.statemachine import Failure
 from sasfleet.shared.telemetry import metrics, tracing
 from sasfleet.shared.telemetry.logs import ContextFilter, JsonFormatter, TextFormatter, job_scope
 from sasfleet.supervisor.recovery import recovery_kind
@@ -80,16 +81,19 @@ def test_log_lines_carry_the_trace_id_of_the_current_span(
     assert "agent [a-1] sasfleet.test: hello" in text
 
 
-def test_timeouts_are_counted_by_kind_and_other_errors_ignored() -> None:
+def test_timeouts_are_counted_by_their_failure_label_and_other_errors_ignored() -> None:
+    timeouts = [f for f in Failure if f.is_timeout]
+
     def count(kind: str) -> float:
         value = metrics.REGISTRY.get_sample_value("sasfleet_step_timeouts_total", {"kind": kind})
         return value or 0.0
 
-    before = {k: count(k) for k in metrics.TIMEOUT_KINDS.values()}
+    before = {f.label: count(f.label) for f in timeouts}
     metrics.count_timeout("StartToCloseTimeout")
     metrics.count_timeout("HeartbeatTimeout")
     metrics.count_timeout("RuntimeError")
-    after = {k: count(k) for k in metrics.TIMEOUT_KINDS.values()}
+    metrics.count_timeout("LeaseExpired")  # a loss, not a timeout
+    after = {f.label: count(f.label) for f in timeouts}
     assert {k: after[k] - before[k] for k in after} == {
         "schedule_to_start": 0,
         "start_to_close": 1,
@@ -102,28 +106,19 @@ def test_timeouts_are_counted_by_kind_and_other_errors_ignored() -> None:
 
 
 @pytest.mark.parametrize(
-    ("event", "detail", "kind"),
+    ("recovered", "kind"),
     [
-        ("redispatch", "lease expired (agent agent-x)", "lease_expired"),
-        ("redispatch", "not claimed in time", "schedule_to_start_timeout"),
-        ("redispatch", "start-to-close timeout", "start_to_close_timeout"),
-        ("timeout_fail", "schedule-to-close timeout", "schedule_to_close_timeout"),
-        ("reannounce", "outcome not yet taken up by a scheduler", "reannounce"),
-        ("cancel", "not claimed in time", "cancelled"),
-        ("redispatch", "something new", "other"),
+        (Recovered(next=Stale(), failure="LeaseExpired"), "lease_expired"),
+        (Recovered(next=Stale(), failure="ScheduleToStartTimeout"), "schedule_to_start"),
+        (Recovered(next=Stale(), failure="ScheduleToCloseTimeout"), "schedule_to_close"),
+        (Recovered(next=Stale(), failure="Cancelled"), "cancelled"),
+        (Recovered(next=Stale(), repair=True), "repair"),
     ],
 )
-def test_recovery_kinds(event: str, detail: str, kind: str) -> None:
-    assert recovery_kind(event, detail) == kind
-
-
-def test_the_reasons_recovery_kinds_read_are_the_ones_recover_lua_writes() -> None:
-    lua = (resources.files("sasfleet.shared.state") / "lua" / "recover.lua").read_text()
-    for reason in ("schedule-to-close timeout", "start-to-close timeout", "not claimed in time"):
-        assert f"'{reason}'" in lua
-    assert "'lease expired (agent '" in lua
-    for event in ("'redispatch'", "'timeout_fail'", "'reannounce'"):
-        assert event in lua
+def test_a_recovery_is_named_by_the_failure_the_script_reports(
+    recovered: Recovered, kind: str
+) -> None:
+    assert recovery_kind(recovered) == kind
 
 
 # --------------------------------------------------------------------------- CLI views

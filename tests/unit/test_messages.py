@@ -147,7 +147,7 @@ def test_step_dispatch_round_trips_with_a_raw_payload() -> None:
         attempt=3,
         lease=9,
         idempotency_key="j1:2",
-        timeout_ms=5_000,
+        timeout_s=5,
         payload=msgspec.Raw(payload),
     )
     wire = codec.encode(msg)

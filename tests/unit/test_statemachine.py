@@ -1,23 +1,26 @@
-"""The pure state machine: statuses, the table of legal moves, retry decisions and backoff."""
+"""The pure state machine: statuses, the tables of legal moves, the failure vocabulary and
+the resolution of a step's retry policy (the backoff itself is Lua: tests/store)."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
+from sasfleet.shared.messages.submit import RetrySpec
 from sasfleet.shared.statemachine import (
     JOB_MOVES,
     JOB_TERMINAL,
     STEP_ACTIVE,
     STEP_MOVES,
     STEP_TERMINAL,
+    Failure,
+    FailureKind,
+    JobMove,
     JobStatus,
     Move,
     RetryPolicy,
     StepStatus,
-    backoff_ms,
     job_sources,
+    resolve_policy,
     step_sources,
 )
 
@@ -87,10 +90,11 @@ def test_the_only_way_out_of_failed_is_waiting_for_a_retry() -> None:
     [
         (Move.DISPATCH, {S.PENDING}, S.DISPATCHED),
         (Move.SUCCEED, {S.RUNNING}, S.SUCCEEDED),
-        (Move.FAIL, {S.RUNNING, S.DISPATCHED}, S.FAILED),
+        (Move.FAIL, {S.RUNNING}, S.FAILED),
         (Move.RETRY, {S.WAITING_RETRY}, S.DISPATCHED),
-        (Move.REDISPATCH, {S.DISPATCHED, S.RUNNING}, S.DISPATCHED),
-        (Move.TIMEOUT_FAIL, {S.DISPATCHED, S.RUNNING}, S.FAILED),
+        (Move.RELEASE, {S.RUNNING}, S.DISPATCHED),
+        (Move.TIMEOUT_FAIL, {S.DISPATCHED, S.RUNNING, S.WAITING_RETRY}, S.FAILED),
+        (Move.CANCEL, {S.PENDING, S.DISPATCHED, S.WAITING_RETRY}, S.FAILED),
     ],
 )
 def test_step_table_rows_match_the_design(
@@ -100,9 +104,12 @@ def test_step_table_rows_match_the_design(
     assert step_sources(move) == frozenset(sources)
 
 
-def test_a_waiting_retry_is_fired_by_its_timer_not_by_the_supervisor() -> None:
-    assert S.WAITING_RETRY not in step_sources(Move.TIMEOUT_FAIL)
-    assert S.WAITING_RETRY not in step_sources(Move.REDISPATCH)
+def test_a_timed_out_step_fails_and_is_retried_through_its_backoff_timer() -> None:
+    # No move takes a step from an expired attempt straight to a new one: the supervisor
+    # fails it, and the retry (if any) waits like any other failure's.
+    assert not [
+        m for m, (src, to) in STEP_MOVES.items() if to == S.DISPATCHED and S.DISPATCHED in src
+    ]
     assert step_sources(Move.RETRY) == {S.WAITING_RETRY}
 
 
@@ -115,76 +122,59 @@ def test_every_step_status_but_pending_is_reachable_and_only_succeeded_is_a_dead
 
 def test_job_moves_start_finish_and_never_leave_a_terminal_state() -> None:
     J = JobStatus
-    assert job_sources("start") == {J.PENDING}
-    assert JOB_MOVES["succeed"] == (frozenset({J.RUNNING}), J.SUCCEEDED)
-    assert JOB_MOVES["fail"] == (frozenset({J.PENDING, J.RUNNING}), J.FAILED)
+    assert job_sources(JobMove.START) == {J.PENDING}
+    assert JOB_MOVES[JobMove.SUCCEED] == (frozenset({J.RUNNING}), J.SUCCEEDED)
+    assert JOB_MOVES[JobMove.FAIL] == (frozenset({J.RUNNING}), J.FAILED)
+    assert JOB_MOVES[JobMove.CANCEL][0] == {J.PENDING, J.RUNNING, J.COMPENSATING}
     for sources, _target in JOB_MOVES.values():
         assert not sources & JOB_TERMINAL
+    assert {to for _, to in JOB_MOVES.values()} == set(JobStatus) - {J.PENDING}
 
 
-# --- retry decisions and backoff ------------------------------------------------------------
+# --- the failure vocabulary -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("attempt", "retryable", "expected"),
-    [(1, True, True), (2, True, True), (3, True, False), (4, True, False), (1, False, False)],
-)
-def test_should_retry_only_retryable_failures_with_attempts_left(
-    attempt: int, retryable: bool, expected: bool
-) -> None:
-    assert RetryPolicy(max_attempts=3).should_retry(attempt, retryable) is expected
+def test_every_failure_has_a_snake_case_label_and_a_kind() -> None:
+    labels = [f.label for f in Failure]
+    assert len(set(labels)) == len(labels)
+    for f in Failure:
+        assert f.label == f.label.lower() and " " not in f.label
+        assert isinstance(f.kind, FailureKind)
+        assert Failure.of(f.value) is f
+    assert Failure.of("ValueError") is None  # a handler's own exception
 
 
-def test_a_single_attempt_policy_never_retries() -> None:
-    assert RetryPolicy(max_attempts=1).should_retry(1, True) is False
+def test_timeouts_are_the_failures_named_so_and_only_the_overall_limit_is_final() -> None:
+    timeouts = {f for f in Failure if f.is_timeout}
+    assert {f.value for f in timeouts} == {f.value for f in Failure if f.value.endswith("Timeout")}
+    assert {f for f in timeouts if not f.retryable} == {Failure.SCHEDULE_TO_CLOSE_TIMEOUT}
+    assert Failure.LEASE_EXPIRED.retryable and Failure.LEASE_EXPIRED.kind is FailureKind.LOSS
+    assert {f for f in Failure if f.kind is FailureKind.BAD_INPUT and f.retryable} == set()
 
 
-def test_default_delays_double_from_half_a_second_and_cap_at_thirty_seconds() -> None:
-    policy = RetryPolicy()
-    assert [policy.delay_ms(a) for a in range(1, 9)] == [
-        500,
-        1000,
-        2000,
-        4000,
-        8000,
-        16000,
-        30000,
-        30000,
-    ]
+# --- resolving a step's retry policy ----------------------------------------------------------
 
 
-def test_delay_ms_uses_the_policy_parameters() -> None:
-    policy = RetryPolicy(initial_ms=100, coefficient=3.0, max_ms=1_000)
-    assert [policy.delay_ms(a) for a in (1, 2, 3, 4)] == [100, 300, 900, 1000]
+def test_each_layer_sets_only_what_it_names() -> None:
+    fleet = RetryPolicy(max_attempts=3, initial_ms=500, coefficient=2.0, max_ms=30_000)
+    task = (5, RetrySpec(initial_interval_s=1, jitter=0.1))
+    step = (None, RetrySpec(max_interval_s=2, non_retryable_errors=["Declined"]))
+    assert resolve_policy(fleet, task, step) == RetryPolicy(
+        max_attempts=5,
+        initial_ms=1000,
+        coefficient=2.0,
+        max_ms=2000,
+        jitter=0.1,
+        non_retryable=["Declined"],
+    )
 
 
-def test_backoff_returns_whole_milliseconds() -> None:
-    value = backoff_ms(2, 333, 1.5, 10_000)
-    assert value == 499 and isinstance(value, int)
-
-
-@pytest.mark.parametrize("attempt", [0, -1])
-def test_attempts_count_from_one(attempt: int) -> None:
-    with pytest.raises(ValueError, match="count from 1"):
-        backoff_ms(attempt, 500, 2.0, 30_000)
-    with pytest.raises(ValueError):
-        RetryPolicy().delay_ms(attempt)
-
-
-def test_a_huge_attempt_number_gets_the_capped_delay() -> None:
-    assert backoff_ms(1_100, 500, 2.0, 30_000) == 30_000
-
-
-@given(
-    attempt=st.integers(min_value=1, max_value=100),
-    initial_ms=st.integers(min_value=0, max_value=10**6),
-    coefficient=st.floats(min_value=1.0, max_value=10.0),
-    max_ms=st.integers(min_value=0, max_value=10**7),
-)
-def test_backoff_never_shrinks_and_never_exceeds_the_cap(
-    attempt: int, initial_ms: int, coefficient: float, max_ms: int
-) -> None:
-    now = backoff_ms(attempt, initial_ms, coefficient, max_ms)
-    later = backoff_ms(attempt + 1, initial_ms, coefficient, max_ms)
-    assert 0 <= now <= later <= max_ms
-    assert backoff_ms(1, initial_ms, coefficient, max_ms) == min(initial_ms, max_ms)
+def test_the_step_wins_over_its_task_and_nothing_given_keeps_the_fleet_policy() -> None:
+    fleet = RetryPolicy()
+    assert resolve_policy(fleet, (None, None), (None, None)) is fleet
+    assert resolve_policy(fleet, (5, None), (2, None)).max_attempts == 2
+    spec = RetrySpec(backoff_coefficient=3)
+    assert (
+        resolve_policy(fleet, (None, RetrySpec(backoff_coefficient=1.5)), (None, spec)).coefficient
+        == 3
+    )

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sasfleet.shared.state.records import DispatchOrder
+from sasfleet.shared.messages.dispatch import DispatchOrder
+from sasfleet.shared.state.records import FollowUp
 from sasfleet.shared.telemetry import export, tracing
 from sasfleet.shared.telemetry.messaging import (
     consumer_destination,
@@ -322,9 +324,12 @@ def test_with_tracing_off_nothing_is_created_or_injected(tracing_off: None) -> N
 # --------------------------------------------------------------------------- records
 
 
-def test_dispatch_orders_carry_the_jobs_traceparent_from_the_script_reply() -> None:
-    reply = ["dispatch", 3, 2, "echo", "default", "{}", 1000, 1, "", "", "", 0, "high", STORED]
-    order = DispatchOrder.from_reply("j1", reply)
+def test_dispatch_orders_carry_the_jobs_traceparent_from_the_script_answer() -> None:
+    fields = {"job_id": "j1", "step": 1, "task": "echo", "attempt": "2", "lease": "3"}
+    answer = {"kind": "dispatch", **fields, "pool": "default", "priority": "high"}
+    answer |= {"traceparent": STORED, "again": False, "message": "{}"}
+    # Fields copied from a Redis hash arrive as strings, and are read as numbers.
+    order = msgspec.json.Decoder(FollowUp, strict=False).decode(msgspec.json.encode(answer))
+    assert isinstance(order, DispatchOrder)
     assert (order.step, order.lease, order.attempt, order.priority) == (1, 3, 2, "high")
     assert order.traceparent == STORED
-    assert DispatchOrder.from_reply("j1", reply[:13]).traceparent == ""
