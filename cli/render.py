@@ -7,10 +7,12 @@ import time
 from datetime import UTC, datetime
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sasfleet.shared.messages.codec import encode
 from sasfleet.shared.state.views import AgentView, JobView, StepView
+from sasfleet.shared.statemachine import Failure
 from sasfleet.shared.telemetry.traceparent import trace_id
 
 
@@ -28,6 +30,16 @@ def _ts(ms: int | None) -> str:
 def _short(value: object, width: int = 60) -> str:
     text = encode(value).decode() if value is not None else "-"
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe_error(error: object) -> str:
+    """A recorded error as ``type (kind): message``: the kind of a failure the fleet
+    names (timeout, loss, bad_input, ...), else ``handler`` (the handler's exception)."""
+    if not isinstance(error, dict) or not isinstance(error.get("type"), str):
+        return _short(error, 200)
+    failure = Failure.of(error["type"])
+    kind = failure.kind if failure is not None else "handler"
+    return f"{error['type']} ({kind}): {error.get('message', '')}"
 
 
 def _duration(start: int | None, end: int | None) -> str:
@@ -58,7 +70,7 @@ def render_job(out: Console, job: JobView) -> None:
     if job.result is not None:
         out.print(f"result: {_short(job.result, 200)}")
     if job.error is not None:
-        out.print(f"[red]error: {_short(job.error, 200)}[/red]")
+        out.print(f"[red]error: {escape(describe_error(job.error))}[/red]")
     steps = Table(title="steps", title_justify="left")
     for col in (
         "#",
@@ -73,9 +85,10 @@ def render_job(out: Console, job: JobView) -> None:
     ):
         steps.add_column(col)
     for s in job.steps:
-        shown = s.error if s.error is not None else s.result
-        if shown is None:
-            shown = s.progress
+        if s.error is not None:
+            shown = describe_error(s.error)
+        else:
+            shown = _short(s.result if s.result is not None else s.progress)
         steps.add_row(
             str(s.index),
             _step_name(s),
@@ -85,7 +98,7 @@ def render_job(out: Console, job: JobView) -> None:
             str(s.lease),
             s.locked_by or "-",
             _duration(s.started_at, s.finished_at),
-            _short(shown),
+            shown if len(shown) <= 60 else shown[:59] + "…",
         )
     out.print(steps)
     timeline = Table(title="timeline", title_justify="left")

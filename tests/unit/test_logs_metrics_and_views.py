@@ -17,7 +17,7 @@ from rich.console import Console
 from sasfleet.cli.render import render_job
 from sasfleet.cli.top import Snapshot, render
 from sasfleet.shared.state.records import Recovered, Stale
-from sasfleet.shared.state.views import AgentView, JobView
+from sasfleet.shared.state.views import AgentView, JobView, StepView
 from sasfleet.shared.statemachine import Failure
 from sasfleet.shared.telemetry import metrics, tracing
 from sasfleet.shared.telemetry.logs import ContextFilter, JsonFormatter, TextFormatter, job_scope
@@ -138,6 +138,35 @@ def test_job_show_prints_the_trace_id() -> None:
     assert f"trace id: {TRACE}" in out.export_text()
     render_job(out, JobView(job_id="j2", status="running", created_at=1, updated_at=1))
     assert out.export_text().count("trace id") == 0  # export_text cleared the record
+
+
+def test_job_show_names_the_kind_of_each_failure() -> None:
+    out = Console(record=True, width=200)
+    lost = {"type": "LeaseExpired", "message": "attempt 1: lease expired", "retryable": True}
+    job = JobView(
+        job_id="j1",
+        status="failed",
+        created_at=1_000,
+        updated_at=2_000,
+        error={"type": "ValueError", "message": "bad order", "retryable": True},
+        steps=[
+            StepView(
+                index=0,
+                task="ship",
+                pool="default",
+                status="failed",
+                attempt=1,
+                max_attempts=1,
+                lease=1,
+                timeout_s=30,
+                error=lost,
+            )
+        ],
+    )
+    render_job(out, job)
+    text = out.export_text()
+    assert "error: ValueError (handler): bad order" in text
+    assert "LeaseExpired (loss): attempt 1: lease expired" in text
 
 
 def test_top_renders_states_agents_queues_and_failures() -> None:
