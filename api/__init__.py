@@ -32,7 +32,13 @@ if TYPE_CHECKING:
     from sasfleet.agent.registry import Registry
     from sasfleet.shared.client import Client, JobOutcome
     from sasfleet.shared.config import Settings, load_settings
-    from sasfleet.shared.errors import JobTimeout, NonRetryableError, RetryAfter, SasFleetError
+    from sasfleet.shared.errors import (
+        InvalidJob,
+        JobTimeout,
+        NonRetryableError,
+        RetryAfter,
+        SasFleetError,
+    )
     from sasfleet.shared.messages.events import ErrorInfo
     from sasfleet.shared.messages.submit import RetrySpec, StepSpec, SubmitJob
     from sasfleet.shared.state.views import JobView
@@ -57,6 +63,7 @@ _HOMES = {
     "RetryAfter": "sasfleet.shared.errors",
     "StepContext": "sasfleet.agent.context",
     # Errors
+    "InvalidJob": "sasfleet.shared.errors",
     "JobTimeout": "sasfleet.shared.errors",
     "SasFleetError": "sasfleet.shared.errors",
 }
@@ -79,6 +86,7 @@ __all__ = [  # noqa: RUF022 (grouped by what users do, like dramatiq's, not sort
     "RetryAfter",
     "StepContext",
     # Errors
+    "InvalidJob",
     "JobTimeout",
     "SasFleetError",
 ]

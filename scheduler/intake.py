@@ -8,6 +8,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import NOTIFY_HEADER, TRACEPARENT, FleetChannel
 from sasfleet.shared.config import Settings
@@ -82,11 +84,12 @@ class Intake:
             kind = "submit"  # decoding it as a submission says what is wrong with it
         batch = kind == "submit_batch"
         try:
-            jobs = batch_decoder.decode(body).jobs if batch else [submit_decoder.decode(body)]
-        except DECODE_ERRORS as exc:
-            if batch:  # its jobs have no ids to record them under
-                return await self._reject(message, f"invalid submission batch: {exc}", None)
-            return await self._reject(message, f"invalid submission: {exc}", _named_job_id(message))
+            bodies = batch_decoder.decode(body).jobs if batch else [msgspec.Raw(body)]
+        except DECODE_ERRORS as exc:  # its jobs have no ids to record them under
+            return await self._reject(message, f"invalid submission batch: {exc}", None)
+        jobs = [_decoded(raw) for raw in bodies]
+        if not batch and isinstance(jobs[0], _Invalid):
+            return await self._reject(message, jobs[0].reason, _named_job_id(message))
         ids = [
             submitted_job_id(
                 job.job_id, job.idempotency_key, message.message_id, i if batch else None
@@ -113,19 +116,24 @@ class Intake:
         )
         if all(refusals):
             return DeadLetter(
-                refusals[0] if len(jobs) == 1 else f"every job refused: {refusals[0]}"
+                f"every job of the batch refused: {refusals[0]}" if batch else refusals[0]
             )
         return Ack()
 
-    async def _accept_one(self, submit: SubmitJob, job_id: str, via: _Submission) -> str:
-        """Accept one job of a message; the reason it was refused, "" when it was not."""
+    async def _accept_one(self, submit: SubmitJob | _Invalid, job_id: str, via: _Submission) -> str:
+        """Accept one job of a message (or refuse it, with the reason it could not be
+        decoded); the reason it was refused, "" when it was not."""
         correlation_id = job_id if via.correlation_id is None else via.correlation_id
         async with self._accepting:
             with job_scope(job_id):
                 try:
+                    if isinstance(submit, _Invalid):
+                        raise ValueError(submit.reason)
                     steps = submit.step_specs()
                 except ValueError as exc:
-                    reason = f"invalid submission: {exc}"
+                    reason = str(exc)
+                    if not isinstance(submit, _Invalid):
+                        reason = f"invalid submission: {reason}"
                     metrics.JOBS_REJECTED.inc()
                     log.warning("refused job %s: %s", job_id, reason, extra={"job_id": job_id})
                     error = ErrorInfo(
@@ -250,6 +258,33 @@ def job_traceparent(message: Delivery) -> str:
     if sent and valid_traceparent(sent):
         return sent
     return tracing.current_traceparent()
+
+
+@dataclass(frozen=True, slots=True)
+class _Invalid:
+    """A job of a message that cannot be decoded: why, and the id fields it names."""
+
+    reason: str
+    job_id: str | None
+    idempotency_key: str | None
+
+
+def _decoded(raw: msgspec.Raw) -> SubmitJob | _Invalid:
+    """One job of a message, or why it cannot be accepted."""
+    try:
+        return submit_decoder.decode(raw)
+    except DECODE_ERRORS as exc:
+        try:
+            doc: Any = any_decoder.decode(raw)
+        except DECODE_ERRORS:
+            doc = None
+        fields = doc if isinstance(doc, dict) else {}
+        job_id, key = fields.get("job_id"), fields.get("idempotency_key")
+        return _Invalid(
+            f"invalid submission: {exc}",
+            _valid(job_id) if isinstance(job_id, str) else None,
+            key if isinstance(key, str) and 0 < len(key) <= 256 else None,
+        )
 
 
 def _named_job_id(message: Delivery) -> str | None:

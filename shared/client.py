@@ -23,7 +23,7 @@ import msgspec
 
 from sasfleet.shared.amqp.fleet import NOTIFY_HEADER, FleetChannel
 from sasfleet.shared.config import Settings, load_settings
-from sasfleet.shared.errors import JobTimeout
+from sasfleet.shared.errors import InvalidJob, JobTimeout
 from sasfleet.shared.ids import instance_id, new_job_id, submitted_job_id
 from sasfleet.shared.messages.codec import (
     DECODE_ERRORS,
@@ -31,6 +31,7 @@ from sasfleet.shared.messages.codec import (
     encode,
     error_decoder,
     job_finished_decoder,
+    submit_decoder,
 )
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.messages.submit import SCHEMA_VERSION, StepSpec, SubmitJob
@@ -65,12 +66,18 @@ class JobOutcome:
         return self.status == "succeeded"
 
 
-def _with_id(job: SubmitJob) -> SubmitJob:
-    """``job`` validated (fail fast, before it reaches the broker) and with its id set."""
-    job.step_specs()
-    if job.job_id is not None:
-        return job
-    return msgspec.structs.replace(job, job_id=submitted_job_id(None, job.idempotency_key))
+def _prepared(job: SubmitJob) -> tuple[bytes, str]:
+    """``job`` with its id set, encoded, and checked as the scheduler will check it (a
+    Struct built in Python skips its fields' limits and patterns, which only decoding
+    checks): an invalid job raises :class:`InvalidJob` here instead of being sent."""
+    if job.job_id is None:
+        job = msgspec.structs.replace(job, job_id=submitted_job_id(None, job.idempotency_key))
+    body = encode(job)
+    try:
+        submit_decoder.decode(body).step_specs()
+    except (*DECODE_ERRORS, ValueError) as exc:
+        raise InvalidJob(f"invalid job {job.job_id}: {exc}") from exc
+    return body, str(job.job_id)
 
 
 _BATCH_HEAD = b'{"kind":"submit_batch","v":%d,"jobs":[' % SCHEMA_VERSION
@@ -200,16 +207,15 @@ class Client:
     async def submit_job(self, job: SubmitJob) -> str:
         """Submit a prepared :class:`SubmitJob`; returns the job id once the broker
         confirmed it (with the jobs submitted at the same moment: see ``coalesce``)."""
-        job = _with_id(job)
-        assert job.job_id is not None
+        body, job_id = _prepared(job)
         if self.coalesce <= 1:
-            await self._send([(encode(job), job.job_id)])
-            return job.job_id
+            await self._send([(body, job_id)])
+            return job_id
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._coalescing.append((encode(job), job.job_id, confirmed))
+        self._coalescing.append((body, job_id, confirmed))
         self._flush_soon()
         await confirmed
-        return job.job_id
+        return job_id
 
     async def submit_many(self, jobs: Iterable[SubmitJob], *, batch_size: int = 100) -> list[str]:
         """Submit many jobs; returns their ids, in order, once the broker confirmed all.
@@ -218,8 +224,9 @@ class Client:
         confirm, one delivery for all), the batches' confirms in flight together;
         ``batch_size=1`` sends each job as a message of its own. A batch never grows past
         the fleet's message size limit; a job too large for it goes alone (and is refused
-        by the scheduler with the reason)."""
-        encoded = [(encode(j), j.job_id or "") for j in map(_with_id, jobs)]
+        by the scheduler with the reason). Every job is checked before any is sent: an
+        invalid one raises :class:`InvalidJob` and nothing is submitted."""
+        encoded = [_prepared(j) for j in jobs]
         limit = self.settings.max_payload_bytes
         groups = _chunks(encoded, itemgetter(0), max(1, batch_size), limit)
         await asyncio.gather(*(self._send(group) for group in groups))

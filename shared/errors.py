@@ -16,6 +16,10 @@ class ConfigError(SasFleetError):
     """Invalid configuration."""
 
 
+class InvalidJob(SasFleetError, ValueError):
+    """The job breaks the rules of the submit message; it was not sent."""
+
+
 class JobTimeout(SasFleetError):
     """The job did not finish in time."""
 

@@ -6,11 +6,11 @@ import msgspec
 
 from sasfleet.shared.messages.dispatch import StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo, JobFinished, StepRecorded
-from sasfleet.shared.messages.submit import MessageKind, SubmitBatch, SubmitJob
+from sasfleet.shared.messages.submit import BatchFrame, MessageKind, SubmitJob
 
 encoder = msgspec.json.Encoder()
 submit_decoder = msgspec.json.Decoder(SubmitJob)
-batch_decoder = msgspec.json.Decoder(SubmitBatch)
+batch_decoder = msgspec.json.Decoder(BatchFrame)
 kind_decoder = msgspec.json.Decoder(MessageKind)
 dispatch_decoder = msgspec.json.Decoder(StepDispatch)
 event_decoder = msgspec.json.Decoder(StepRecorded)

@@ -213,6 +213,14 @@ class SubmitBatch(msgspec.Struct, frozen=True, kw_only=True, tag="submit_batch",
     jobs: Annotated[list[SubmitJob], msgspec.Meta(min_length=1, max_length=MAX_BATCH_JOBS)]
 
 
+class BatchFrame(msgspec.Struct, frozen=True, kw_only=True, tag="submit_batch", tag_field="kind"):
+    """A :class:`SubmitBatch` as the scheduler reads it: the frame first, then each job on
+    its own, so that one invalid job is refused alone instead of dropping the batch."""
+
+    v: Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
+    jobs: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=MAX_BATCH_JOBS)]
+
+
 class MessageKind(msgspec.Struct):
     """Only the ``kind`` of a submit-queue message (every other field is skipped)."""
 

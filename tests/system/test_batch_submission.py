@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from sasfleet.shared.amqp.topology import QUEUE_HEADER, REASON_HEADER
+from sasfleet.shared.errors import InvalidJob
 from sasfleet.shared.messages.submit import SubmitJob
 
 
@@ -64,6 +65,70 @@ async def test_raw_batch_replies_per_job_and_refuses_only_the_invalid_one(raw, c
     assert [h.event for h in view.history] == ["reject"]
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"task": 7},  # a number where a string belongs
+        {"task": "echo", "max_attempts": 0},  # out of its limits
+        {"task": "echo", "job_id": "bad-schema", "nosuch": 1},  # an unknown field
+    ],
+)
+async def test_a_job_that_breaks_the_schema_is_refused_alone_and_the_rest_of_its_batch_runs(
+    raw, client, bad: dict
+) -> None:
+    replies = await raw.reply_queue()
+    message_id = f"batch-{uuid.uuid4().hex}"
+    good = [{"task": "echo", "payload": {"n": i}} for i in range(3)]
+    await raw.submit(
+        {"kind": "submit_batch", "jobs": [good[0], bad, *good[1:]]},
+        message_id=message_id,
+        reply_to=replies.name,
+    )
+
+    got = {}
+    for _ in range(4):
+        doc = msgspec.json.decode((await raw.next_message(replies, what="a reply per job")).body)
+        got[doc["job_id"]] = doc
+    for index, n in ((0, 0), (2, 1), (3, 2)):
+        assert (got[f"{message_id}.{index}"]["status"], got[f"{message_id}.{index}"]["result"]) == (
+            "succeeded",
+            {"n": n},
+        )
+    # The refused job keeps the id it names, else its place in the batch.
+    refused_id = bad.get("job_id") or f"{message_id}.1"
+    refused = got[refused_id]
+    assert refused["status"] == "failed" and refused["error"]["type"] == "InvalidSubmission"
+    view = await client.get(str(refused_id))
+    assert view is not None and view.status == "failed"
+    assert [h.event for h in view.history] == ["reject"]
+
+
+async def test_the_client_raises_for_an_invalid_job_and_sends_nothing_of_its_call(
+    services, client
+) -> None:
+    name = uuid.uuid4().hex
+
+    def jobs(tag: str) -> list[SubmitJob]:
+        return [
+            SubmitJob(task="echo", payload=1, job_id=f"{name}-{tag}0"),
+            SubmitJob(task="echo", max_attempts=0, job_id=f"{name}-{tag}1"),  # skips limits
+            SubmitJob(task="echo", payload=2, job_id=f"{name}-{tag}2"),
+        ]
+
+    with pytest.raises(InvalidJob, match="max_attempts"):
+        await client.submit_many(jobs("many"))
+    # Submitted at the same moment (one batch message), only the invalid one fails.
+    coalesced = jobs("one")
+    outcomes = await asyncio.gather(*map(client.submit_job, coalesced), return_exceptions=True)
+    assert outcomes[0] == coalesced[0].job_id and outcomes[2] == coalesced[2].job_id
+    assert isinstance(outcomes[1], InvalidJob)
+    for job in (coalesced[0], coalesced[2]):
+        assert (await client.wait(str(job.job_id), timeout=30)).status == "succeeded"
+    # By now a job sent by the first call would have been recorded: none was.
+    for job in (*jobs("many"), coalesced[1]):
+        assert await client.get(str(job.job_id)) is None
+
+
 async def test_a_redelivered_batch_creates_no_job_twice(raw, client) -> None:
     replies = await raw.reply_queue()
     message_id = f"batch-{uuid.uuid4().hex}"
@@ -88,7 +153,7 @@ async def test_a_redelivered_batch_creates_no_job_twice(raw, client) -> None:
     "body, reason",
     [
         (b'{"kind": "submit_batch", "jobs": []}', "invalid submission batch"),
-        (b'{"kind": "submit_batch", "jobs": [{"task": 7}]}', "invalid submission batch"),
+        (b'{"kind": "submit_batch", "jobs": [{"task": 7}]}', "every job of the batch refused"),
         (b'{"kind": "submit_batch"}', "invalid submission batch"),
     ],
 )
