@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from sasfleet.agent.slots import PrioritySlots
 from sasfleet.shared.amqp.consumer import Ack, DeadLetter, Delivery, Outcome
 from sasfleet.shared.amqp.fleet import DISPATCHED_AT_HEADER, FleetChannel
 from sasfleet.shared.config import Settings
-from sasfleet.shared.errors import NonRetryableError, PublishFailed, RetryAfter
+from sasfleet.shared.errors import DispatchMismatch, NonRetryableError, PublishFailed, RetryAfter
 from sasfleet.shared.followups import Followups
 from sasfleet.shared.messages.codec import DECODE_ERRORS, dispatch_decoder, encode
 from sasfleet.shared.messages.dispatch import DispatchOrder, StepDispatch
@@ -114,9 +115,22 @@ class Runner:
 
     async def _claim_and_start(self, message: Delivery, d: StepDispatch) -> tuple[Outcome, bool]:
         task = self.registry.tasks.get(d.task)
-        if not await self.store.claim(
-            d.job_id, d.step, d.lease, self.agent_id, self._policy(task, d)
-        ):
+        try:
+            claimed = await self.store.claim(
+                d.job_id,
+                d.step,
+                d.lease,
+                self.agent_id,
+                self._policy(task, d),
+                digest=hashlib.sha1(message.body, usedforsecurity=False).hexdigest(),
+            )
+        except DispatchMismatch as exc:
+            # Not the dispatch the scheduler wrote from the record (forged, or altered on
+            # the way): nothing ran, nothing was claimed; the real one still claims.
+            log.warning("%s; dead-lettering it", exc, extra={"job_id": d.job_id, "step": d.step})
+            metrics.DISPATCH_MISMATCHES.inc()
+            return DeadLetter(str(exc), "mismatch"), False
+        if not claimed:
             log.info(
                 "dropping a stale or duplicate dispatch of %s step %d lease %d",
                 d.job_id,

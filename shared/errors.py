@@ -20,6 +20,10 @@ class InvalidJob(SasFleetError, ValueError):
     """The job breaks the rules of the submit message; it was not sent."""
 
 
+class DispatchMismatch(SasFleetError):
+    """The dispatch does not match the recorded step (forged or altered): not run."""
+
+
 class JobTimeout(SasFleetError):
     """The job did not finish in time."""
 

@@ -40,7 +40,7 @@ class DeadLetter:
     """The message can never be processed: park it in the dead-letter queue with a reason.
 
     ``kind`` is the reason's class for metrics (a label cannot hold the free text):
-    ``too_large``, ``invalid`` or ``unknown_task``.
+    ``too_large``, ``invalid``, ``unknown_task`` or ``mismatch``.
     """
 
     reason: str

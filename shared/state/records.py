@@ -56,6 +56,7 @@ class StepInput(_JobInput, frozen=True, kw_only=True, omit_defaults=True):
 class Claim(StepInput, frozen=True, kw_only=True, omit_defaults=True):
     lease_ms: int
     policy: str  # JSON of the resolved RetryPolicy
+    digest: str | None = None  # SHA-1 (hex) of the delivered dispatch message
 
 
 class Record(StepInput, frozen=True, kw_only=True, omit_defaults=True):
@@ -154,6 +155,7 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed", tag_fiel
 class Rejected(msgspec.Struct, frozen=True, kw_only=True, tag="rejected", tag_field="kind"):
     status: str
     lease: int
+    mismatch: bool = False  # the delivered dispatch is not the recorded one
 
 
 class Created(msgspec.Struct, frozen=True, kw_only=True, tag="created", tag_field="kind"):

@@ -16,6 +16,7 @@ import msgspec
 
 from sasfleet.shared.clock import Clock, SystemClock
 from sasfleet.shared.config import Settings
+from sasfleet.shared.errors import DispatchMismatch
 from sasfleet.shared.messages.codec import any_decoder, encode
 from sasfleet.shared.messages.dispatch import DispatchOrder
 from sasfleet.shared.messages.events import ErrorInfo
@@ -49,6 +50,7 @@ from sasfleet.shared.state.records import (
     RecoverAnswer,
     Recovered,
     Refused,
+    Rejected,
     ReleaseAnswer,
     Renew,
     Renewal,
@@ -226,10 +228,21 @@ class StateStore:
         return answer.recorded
 
     async def claim(
-        self, job_id: str, step: int, lease: int, agent: str, policy: RetryPolicy
+        self,
+        job_id: str,
+        step: int,
+        lease: int,
+        agent: str,
+        policy: RetryPolicy,
+        *,
+        digest: str | None = None,
     ) -> bool:
         """DISPATCHED -> RUNNING for the holder of ``lease``, storing the step's retry
-        ``policy`` as the agent resolved it; False (recorded) otherwise."""
+        ``policy`` as the agent resolved it; False (recorded) otherwise.
+
+        ``digest``, the SHA-1 of the delivered dispatch message (an agent always gives
+        it), must be the recorded dispatch's: else :class:`DispatchMismatch` is raised
+        (the rejection is in the history) and nothing is claimed."""
         answer: ClaimAnswer = await self.run(
             "claim",
             self._job_keys(job_id, step, self._agent_steps(agent, job_id)),
@@ -241,8 +254,13 @@ class StateStore:
                 lease=lease,
                 lease_ms=self.timings.lease_ms,
                 policy=encode(policy).decode(),
+                digest=digest,
             ),
         )
+        if isinstance(answer, Rejected) and answer.mismatch:
+            raise DispatchMismatch(
+                f"dispatch of {job_id} step {step} lease {lease} does not match the recorded step"
+            )
         return isinstance(answer, Claimed)
 
     async def renew(self, job_id: str, step: int, lease: int, progress: bytes = b"") -> str:

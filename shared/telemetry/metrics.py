@@ -142,6 +142,13 @@ STALE_DISPATCHES = Counter(
     namespace=_NS,
     registry=REGISTRY,
 )
+DISPATCH_MISMATCHES = Counter(
+    "dispatch_mismatches",
+    "Dispatches an agent refused because they do not match the recorded step (forged or "
+    "altered): dead-lettered, never run.",
+    namespace=_NS,
+    registry=REGISTRY,
+)
 RUNNING_STEPS = Gauge(
     "running_steps", "Steps an agent is running now.", namespace=_NS, registry=REGISTRY
 )
@@ -190,7 +197,7 @@ ESCALATIONS_REPORTED = Counter(
 DEAD_LETTERS = Counter(
     "dead_letters",
     "Messages parked in the dead-letter queue, by source queue and reason "
-    "(too_large, invalid, unknown_task).",
+    "(too_large, invalid, unknown_task, mismatch).",
     ["queue", "reason"],
     namespace=_NS,
     registry=REGISTRY,

@@ -4,9 +4,11 @@ results, deadlines and retry timers; with time under the test's control."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 
 import msgspec
+import pytest
 from redis_cluster_support import RedisTarget
 from store_support import (
     ANNOUNCE_MS,
@@ -26,6 +28,7 @@ from store_support import (
     step,
 )
 
+from sasfleet.shared.errors import DispatchMismatch
 from sasfleet.shared.messages.dispatch import DispatchOrder, StepDispatch
 from sasfleet.shared.messages.events import ErrorInfo
 from sasfleet.shared.messages.submit import RetrySpec, StepSpec
@@ -484,3 +487,34 @@ async def test_claim_due_gives_a_due_member_to_one_caller_until_its_time(saga: S
     assert not await saga.store.claim_due(key, "gone", now + 1_000)
     assert await saga.store.claim_due(key, "tick", now + 2_000, now_ms=now + 1_000)
     assert await saga.redis.zscore(key, "tick") == now + 2_000
+
+
+def digest_of(message: str) -> str:
+    """What an agent sends with its claim: the SHA-1 of the dispatch it was delivered."""
+    return hashlib.sha1(message.encode(), usedforsecurity=False).hexdigest()
+
+
+async def test_a_dispatch_that_is_not_the_recorded_one_is_never_claimed(saga: Saga) -> None:
+    created = await saga.create([step(0)])
+    assert created.order is not None
+    real = created.order.message
+    # The right job, step and lease, but another task and payload (a forged message).
+    forged = real.replace('"task":"task0"', '"task":"sleep"').replace('{"i":0}', '{"i":9}')
+    assert forged != real
+    with pytest.raises(DispatchMismatch, match="does not match the recorded step"):
+        await saga.store.claim(
+            "j1", 0, created.order.lease, "agent-a", FLEET, digest=digest_of(forged)
+        )
+    assert (await saga.step(0))["status"] == "dispatched"
+    (rejected,) = of((await saga.view()).history, "claim_rejected")
+    assert (rejected.by, rejected.lease, rejected.detail) == (
+        "agent-a",
+        created.order.lease,
+        "the dispatch does not match the recorded step",
+    )
+    # The message written from the record claims, as does the same one handed out again.
+    again = await saga.create([step(0)])
+    assert again.order is not None and again.order.message == real
+    assert await saga.store.claim(
+        "j1", 0, created.order.lease, "agent-a", FLEET, digest=digest_of(real)
+    )

@@ -205,3 +205,40 @@ async def test_invalid_resubmission_naming_an_existing_job_does_not_report_it_fa
     answer = msgspec.json.decode(reply.body)
     if answer["job_id"] == job_id:  # a reply about the job must tell its real state
         assert answer["status"] == "succeeded", answer
+
+
+async def test_an_agent_runs_only_the_recorded_step_never_a_forged_dispatch(
+    fleet, raw, client, jobs, names, pools, eventually
+):
+    pool = f"forged-{uuid.uuid4().hex[:8]}"  # no agent serves it yet
+    pools.add(pool)
+    payload = {"owner": "alice", "amount": 10}
+    job_id = await client.submit("echo", payload, pool=pool)
+    await jobs.until(
+        job_id, lambda v: v.steps[0].status == "dispatched", timeout=10, what="the dispatch"
+    )
+
+    # Take the real dispatch off the queue, and put a forged one in its place: the same
+    # job, step, attempt and lease, another task and payload.
+    queue = await raw.channel.get_queue(names.pool(pool), ensure=False)
+    real = await eventually(
+        lambda: queue.get(no_ack=True, fail=False), timeout=10, what="the dispatch message"
+    )
+    doc = msgspec.json.decode(real.body)
+    assert (doc["job_id"], doc["task"], doc["payload"]) == (job_id, "echo", payload)
+    forged = msgspec.json.encode({**doc, "task": "sleep", "payload": {"seconds": 30}})
+    await raw.publish(forged, routing_key=names.pool(pool))
+    fleet.start("agent", "sasfleet.examples.tasks", "--pool", pool)
+
+    dead = await raw.dead_letter(from_queue(raw, names.pool(pool), mentioning="does not match"))
+    assert dead.body == forged
+    view = await client.get(job_id)
+    assert view is not None and view.steps[0].status == "dispatched"  # nothing ran
+    (rejected,) = [h for h in view.history if h.event == "claim_rejected"]
+    assert rejected.detail == "the dispatch does not match the recorded step"
+
+    await raw.publish(real.body, routing_key=names.pool(pool))  # the real one still claims
+    outcome = await client.wait(job_id, timeout=30)
+    assert (outcome.status, outcome.result) == ("succeeded", payload)
+    view = await client.get(job_id)
+    assert view is not None and [h.event for h in view.history].count("claim") == 1

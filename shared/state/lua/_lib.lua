@@ -90,7 +90,11 @@ local function dispatch(c, key, index, attempt, move, detail)
     'retry_after_ms', 'error', 'progress')
   redis.call('ZADD', c.deadlines, deadline, c.id .. '|' .. index)
   history(c.hist, c.now, c.by, move, index, attempt, lease, f[1], STEP_TO[move], detail)
-  return dispatch_order(c, key, index)
+  local order = dispatch_order(c, key, index)
+  -- What the claim compares the delivered message with: an agent runs only what was
+  -- recorded (a message written from the record is the same bytes every time).
+  redis.call('HSET', key, 'dispatch_digest', redis.sha1hex(order.message))
+  return order
 end
 
 -- The lease of a step's first attempt while no agent has claimed it, else nil: only then

@@ -2,6 +2,8 @@
 -- The step's retry policy, as the agent resolved it (the step's own choices, its task's
 -- defaults, the fleet's), is stored with it: from here on the scripts decide by it.
 -- KEYS: the job script's six, then [7] the agent's steps
+-- A.digest (the SHA-1 of the delivered message) must match the recorded dispatch's, so
+-- that a forged or altered message never runs: rejected with `mismatch`.
 -- A: Claim (records.py). Returns Claimed, or Rejected (recorded in the history).
 local c = job_context()
 local s = redis.call('HMGET', KEYS[2], 'status', 'lease', 'attempt', 'timeout_s', 'close_by')
@@ -11,6 +13,11 @@ if s[2] ~= tostring(A.lease) or not may('claim', s[1]) or JOB_TERMINAL[job_statu
   history(c.hist, c.now, c.by, 'claim_rejected', A.step, tonumber(s[3]), A.lease, s[1], nil,
     'current lease ' .. s[2])
   return reply({kind = 'rejected', status = s[1], lease = tonumber(s[2])})
+end
+if A.digest and A.digest ~= redis.call('HGET', KEYS[2], 'dispatch_digest') then
+  history(c.hist, c.now, c.by, 'claim_rejected', A.step, tonumber(s[3]), A.lease, s[1], nil,
+    'the dispatch does not match the recorded step')
+  return reply({kind = 'rejected', status = s[1], lease = tonumber(s[2]), mismatch = true})
 end
 local attempt_deadline = c.now + ms(s[4])
 if s[5] then attempt_deadline = math.min(attempt_deadline, tonumber(s[5])) end
