@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import aio_pika
 import msgspec
 import pytest
 
@@ -208,7 +209,7 @@ async def test_invalid_resubmission_naming_an_existing_job_does_not_report_it_fa
 
 
 async def test_an_agent_runs_only_the_recorded_step_never_a_forged_dispatch(
-    fleet, raw, client, jobs, names, pools, eventually
+    fleet, raw, client, jobs, names, pools, settings, eventually
 ):
     pool = f"forged-{uuid.uuid4().hex[:8]}"  # no agent serves it yet
     pools.add(pool)
@@ -220,10 +221,17 @@ async def test_an_agent_runs_only_the_recorded_step_never_a_forged_dispatch(
 
     # Take the real dispatch off the queue, and put a forged one in its place: the same
     # job, step, attempt and lease, another task and payload.
-    queue = await raw.channel.get_queue(names.pool(pool), ensure=False)
-    real = await eventually(
-        lambda: queue.get(no_ack=True, fail=False), timeout=10, what="the dispatch message"
-    )
+    async def take_dispatch() -> aio_pika.abc.AbstractIncomingMessage | None:
+        # On a connection of its own: RabbitMQ 3.10 closes the connection with INTERNAL_ERROR
+        # (noproc) when a quorum queue just declared is read before its Raft member runs.
+        try:
+            async with await aio_pika.connect(settings.amqp_url.get_secret_value()) as conn:
+                queue = await (await conn.channel()).get_queue(names.pool(pool), ensure=False)
+                return await queue.get(no_ack=True, fail=False)
+        except aio_pika.exceptions.AMQPError:
+            return None
+
+    real = await eventually(take_dispatch, timeout=10, what="the dispatch message")
     doc = msgspec.json.decode(real.body)
     assert (doc["job_id"], doc["task"], doc["payload"]) == (job_id, "echo", payload)
     forged = msgspec.json.encode({**doc, "task": "sleep", "payload": {"seconds": 30}})
