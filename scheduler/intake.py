@@ -89,7 +89,9 @@ class Intake:
             return await self._reject(message, f"invalid submission batch: {exc}", None)
         jobs = [_decoded(raw) for raw in bodies]
         if not batch and isinstance(jobs[0], _Invalid):
-            return await self._reject(message, jobs[0].reason, _named_job_id(message))
+            # The job it names: its `job_id` field, else the message_id.
+            named = jobs[0].job_id or _valid(message.message_id)
+            return await self._reject(message, jobs[0].reason, named)
         ids = [
             submitted_job_id(
                 job.job_id, job.idempotency_key, message.message_id, i if batch else None
@@ -285,17 +287,6 @@ def _decoded(raw: msgspec.Raw) -> SubmitJob | _Invalid:
             _valid(job_id) if isinstance(job_id, str) else None,
             key if isinstance(key, str) and 0 < len(key) <= 256 else None,
         )
-
-
-def _named_job_id(message: Delivery) -> str | None:
-    """The job an undecodable submission names: its ``job_id`` field, else its message_id."""
-    try:
-        doc: Any = any_decoder.decode(message.body)
-    except DECODE_ERRORS:
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("job_id"), str):
-        return _valid(doc["job_id"]) or _valid(message.message_id)
-    return _valid(message.message_id)
 
 
 def _valid(job_id: str | None) -> str | None:

@@ -47,7 +47,8 @@ class Recovery:
         if recovered is None:
             return
         kind, follow = recovery_kind(recovered), recovered.next
-        metrics.RECOVERIES.labels(kind, follow.__struct_config__.tag).inc()
+        action = str(follow.__struct_config__.tag)  # what followed: dispatch, finished...
+        metrics.RECOVERIES.labels(kind, action).inc()
         if recovered.failure is not None:
             metrics.count_timeout(recovered.failure)
         log.info(
@@ -55,7 +56,7 @@ class Recovery:
             job_id,
             step,
             kind,
-            follow.__struct_config__.tag,
+            action,
             extra={"job_id": job_id, "step": step},
         )
         # The recovery joins the job's trace; a step recovered for a timeout or a lost lease
@@ -66,7 +67,7 @@ class Recovery:
             {
                 **tracing.job_attributes(job_id, step, attempt=order.attempt if order else None),
                 "sasfleet.recovery.kind": kind,
-                "sasfleet.recovery.action": str(follow.__struct_config__.tag),
+                "sasfleet.recovery.action": action,
             }
             if tracing.active()
             else {},

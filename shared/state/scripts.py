@@ -111,6 +111,12 @@ def _definitions(text: str) -> dict[str, str]:
 
 
 @cache
+def _chunks() -> dict[str, str]:
+    """The prelude's and ``_lib.lua``'s definitions, in order."""
+    return {**_definitions(prelude()), **_definitions((_LUA / "_lib.lua").read_text("utf-8"))}
+
+
+@cache
 def script_source(name: str) -> str:
     """The full text of script ``name`` (without ``.lua``): the prelude's tables and
     ``_lib.lua``'s helpers that it uses (directly or through each other), then its own.
@@ -118,7 +124,7 @@ def script_source(name: str) -> str:
     Redis runs a script's whole text on every call, so leaving out what it does not use
     saves building tables and closures each time."""
     body = (_LUA / f"{name}.lua").read_text(encoding="utf-8")
-    chunks = {**_definitions(prelude()), **_definitions((_LUA / "_lib.lua").read_text("utf-8"))}
+    chunks = _chunks()
     used: set[str] = set()
     pending = [body]
     while pending:

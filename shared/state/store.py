@@ -61,15 +61,18 @@ from sasfleet.shared.state.records import (
 from sasfleet.shared.state.scripts import SCRIPT_NAMES, script_source
 from sasfleet.shared.statemachine import JOB_TERMINAL, RetryPolicy, StepStatus, resolve_policy
 
+_DEFAULTS = Settings.model_fields  # the one home of the timings' default values
+
 
 @dataclass(frozen=True, slots=True)
 class StoreTimings:
     """How long a lease runs, how long a recorded outcome waits to be taken up before a
-    supervisor takes it up, and how long an ended job's keys stay."""
+    supervisor takes it up, and how long an ended job's keys stay (by default, the
+    settings' defaults)."""
 
-    lease_ms: int = 30_000
-    announce_after_ms: int = 15_000
-    ttl_s: int = 7 * 24 * 3600
+    lease_ms: int = int(_DEFAULTS["lease_s"].default * 1000)
+    announce_after_ms: int = int(_DEFAULTS["advance_grace_s"].default * 1000)
+    ttl_s: int = _DEFAULTS["job_ttl_s"].default
 
     @classmethod
     def of(cls, s: Settings) -> StoreTimings:

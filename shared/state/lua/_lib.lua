@@ -17,12 +17,17 @@ local function ms(seconds) return math.floor(1000 * tonumber(seconds or 0)) end
 -- May a step in `status` make `move`? (The table is the state machine's.)
 local function may(move, status) return STEP_FROM[move .. '|' .. tostring(status)] == true end
 
--- Move a step from status `from` (callers check `may` first, to answer a stale call; a
--- move the table does not allow is a bug, and raises). More fields may be set with it.
-local function move_step(key, move, from, ...)
+-- A step move the table does not allow is a bug: raise (callers check `may` first, to
+-- answer a stale call).
+local function must_be_legal(move, from)
   if not may(move, from) then
     error('step move ' .. move .. ' from ' .. tostring(from) .. ' is not in the state machine')
   end
+end
+
+-- Move a step from status `from`; more fields may be set with it.
+local function move_step(key, move, from, ...)
+  must_be_legal(move, from)
   redis.call('HSET', key, 'status', STEP_TO[move], ...)
 end
 
@@ -73,9 +78,7 @@ end
 local function dispatch(c, key, index, attempt, move, detail)
   local f = redis.call('HMGET', key, 'status', 'schedule_to_start_s', 'schedule_to_close_s',
     'close_by')
-  if not may(move, f[1]) then  -- checked before any write: a script's writes stay on error
-    error('step move ' .. move .. ' from ' .. tostring(f[1]) .. ' is not in the state machine')
-  end
+  must_be_legal(move, f[1])  -- before any write: a script's writes stay on error
   local lease = redis.call('HINCRBY', c.job, 'lease_seq', 1)
   local deadline = c.now + ms(f[2])
   local close_by = tonumber(f[4] or '')
